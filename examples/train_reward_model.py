@@ -1,0 +1,27 @@
+"""Train a HelpSteer2 attribute-regression reward model.
+
+    python examples/train_reward_model.py                                   # the CPU demo
+    torchrun --nproc_per_node 2 examples/train_reward_model.py trainer.devices=2 model.tensor_model_parallel_size=2
+    python examples/train_reward_model.py data=helpsteer2 data.train_file=train.jsonl.gz data.validation_file=...
+"""
+
+from omegaconf import OmegaConf
+
+from nemo_hs2.train import run
+
+OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
+OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+
+
+def _main():
+    from nemo.core.config import hydra_runner
+
+    @hydra_runner(config_path="../conf", config_name="train_reward_model")
+    def main(cfg) -> None:
+        run(cfg)
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()

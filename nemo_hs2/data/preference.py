@@ -1,0 +1,90 @@
+"""Preference pairs (HelpSteer2-Preference) for the Bradley-Terry losses.
+
+A sample is a whole pair, so Megatron's batch samplers can never put its two responses into different
+micro-batches or data-parallel ranks; the collate lays each pair out as two consecutive rows, which is what
+``nemo_hs2.losses.bradley_terry_sum`` reads. ``model.micro_batch_size`` / ``global_batch_size`` count pairs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from nemo_hs2.data.dataset import Collator, TokenizeStats, tokenize_examples
+from nemo_hs2.data.demo import demo_examples
+from nemo_hs2.data.examples import Example
+from nemo_hs2.data.template import DEFAULT_SYSTEM
+
+
+class PairDataset(torch.utils.data.Dataset):
+    def __init__(self, rows, strengths: np.ndarray):
+        if len(rows) != 2 * len(strengths):
+            raise ValueError("a pair dataset needs exactly two rows per preference")
+        self.rows = rows  # a RewardDataset whose rows 2i and 2i+1 are response_1 and response_2 of pair i
+        self.strengths = strengths.astype(np.float32)
+        self.attributes = rows.attributes
+
+    def __len__(self):
+        return len(self.strengths)
+
+    def __getitem__(self, idx):
+        if idx == -1:  # the sampler's padding: two unlabelled rows without a preference
+            pad = self.rows[-1]
+            return {"rows": (pad, pad), "preference": math.nan, "pair_id": -1}
+        return {"rows": (self.rows[2 * idx], self.rows[2 * idx + 1]), "preference": float(self.strengths[idx]),
+                "pair_id": idx}
+
+    def lengths(self) -> np.ndarray:
+        return self.rows.lengths().reshape(-1, 2).max(axis=1)
+
+
+class PairCollator(Collator):
+    def __call__(self, pairs):
+        rows = []
+        for p in pairs:
+            for r in p["rows"]:
+                rows.append({**r, "pair_id": p["pair_id"]})
+        batch = super().__call__(rows)
+        batch["preference"] = torch.tensor([p["preference"] for p in pairs for _ in range(2)], dtype=torch.float32)
+        return batch
+
+
+def demo_pairs(num_prompts: int, seed: int, split: str) -> tuple[list[Example], list[float]]:
+    """Demo preference pairs: strength = helpfulness(response_2) - helpfulness(response_1), clipped to -3..3."""
+    rows = demo_examples(num_prompts, seed, split)
+    strengths = [float(max(-3.0, min(3.0, b.labels["helpfulness"] - a.labels["helpfulness"])))
+                 for a, b in zip(rows[0::2], rows[1::2])]
+    return rows, strengths
+
+
+def file_pairs(data_cfg, split: str) -> tuple[list[Example], list[float]]:
+    from nemo_hs2.data.sources import read_preference
+
+    path = data_cfg.get("preference_file")
+    if not path:
+        raise ValueError("data.source=preference needs data.preference_file=PATH (HelpSteer2 preference.jsonl.gz)")
+    pairs = read_preference(path, split=data_cfg.splits[split], on_bad_row=data_cfg.on_bad_row)
+    rows, strengths = [], []
+    for i, p in enumerate(pairs):
+        rows.append(Example(p.prompt, p.response_1, {}, source=p.source, line=p.line, pair_id=i))
+        rows.append(Example(p.prompt, p.response_2, {}, source=p.source, line=p.line, pair_id=i))
+        strengths.append(float(p.strength))
+    return rows, strengths
+
+
+def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
+    datasets, stats = {}, {}
+    system = data_cfg.get("system_prompt")
+    for split in ("train", "validation"):
+        if data_cfg.get("preference_file"):
+            rows, strengths = file_pairs(data_cfg, split)
+        else:
+            rows, strengths = demo_pairs(data_cfg.demo[f"{split}_prompts"], data_cfg.demo.seed, split)
+        # Both responses must survive tokenization, so over-long pairs are truncated, never dropped alone.
+        ds, st = tokenize_examples(rows, tokenizer, list(data_cfg.attributes), max_length=seq_length,
+                                   overlength="truncate", system=DEFAULT_SYSTEM if system is None else system)
+        datasets[split] = PairDataset(ds, np.asarray(strengths))
+        stats[split] = st if isinstance(st, TokenizeStats) else TokenizeStats()
+    return datasets, stats

@@ -1,0 +1,220 @@
+"""The attribute-regression reward model: NeMo-Aligner's regression RM with named attributes and exact losses.
+
+Why a subclass of ``MegatronGPTRegressionRewardModel`` rather than a fresh ``SupervisedInterface``: the parent
+already builds the Megatron GPT backbone and NeMo-Aligner's ``RewardModelHead`` (a ``RowParallelLinear`` from the
+end-of-response hidden state, created only on the last pipeline stage, in ``force_head_dtype`` = fp32), and owns
+dist-ckpt / ``.nemo`` save and restore, PTL integration and ``infer``. What it gets wrong in 0.7.0 is the training
+step itself, so that is what we replace:
+
+* the loss key: 0.7.0 reads ``cfg.loss_func`` while its config sets ``regression.loss_func`` (BT unreachable);
+* the loss is a mean per micro-batch averaged over micro-batches; ours is the mean over every valid
+  (row, attribute) entry of the global batch, identical for any micro-batch / data-parallel split;
+* every micro-batch is padded to ``encoder_seq_length``; ours are cut to their longest row;
+* validation returns per-batch means only (and breaks with ``validation_drop_last=False``); ours returns the
+  predictions, so metrics are computed once over the whole validation set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from megatron.core.num_microbatches_calculator import get_num_microbatches
+from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
+from nemo.collections.nlp.parts.utils_funcs import get_last_rank
+from nemo_aligner.models.nlp.gpt.megatron_gpt_regression_reward_model import MegatronGPTRegressionRewardModel
+from nemo_aligner.utils import parallel_state
+from nemo_aligner.utils.train_utils import set_sync_funcs
+from omegaconf import DictConfig, open_dict
+
+from nemo_hs2 import losses
+from nemo_hs2.attributes import check_attributes
+from nemo_hs2.data.dataset import pad_length
+from nemo_hs2.reward import resolve_weights
+
+_STEP_KEYS = ("inputs", "lengths", "position_ids", "labels", "label_mask", "pair_ids", "preference")
+_COLLECTED = ("labels", "label_mask", "pair_ids", "preference")
+
+
+def prepare_model_config(cfg: DictConfig) -> DictConfig:
+    """Derive the parent's positional settings from our named ones (call before constructing the model)."""
+    reg = cfg.regression
+    attributes = check_attributes(reg.attributes)
+    loss_name = reg.get("loss_func", "regression")
+    if loss_name not in losses.LOSS_NAMES:
+        raise ValueError(f"model.regression.loss_func='{loss_name}' is not one of {losses.LOSS_NAMES}")
+    top_level = cfg.get("loss_func")
+    if top_level is not None and top_level != loss_name:
+        raise ValueError(
+            f"model.loss_func='{top_level}' disagrees with model.regression.loss_func='{loss_name}'; "
+            "nemo_hs2 reads model.regression.loss_func only: remove model.loss_func"
+        )
+    with open_dict(cfg):
+        reg.num_attributes = len(attributes)
+        reg.merge_attributes = False  # the head must output every attribute; rewards are combined by name
+        reg.attribute_weights = None
+        cfg.reward_model_type = "regression"
+        cfg.force_head_dtype = cfg.get("force_head_dtype", "float32") or "float32"
+    return cfg
+
+
+class AttributeRewardModel(MegatronGPTRegressionRewardModel):
+    def __init__(self, cfg: DictConfig, trainer):
+        cfg = prepare_model_config(cfg)
+        super().__init__(cfg, trainer=trainer)
+        reg = self.cfg.regression
+        self.attributes = tuple(reg.attributes)
+        self.loss_name = reg.loss_func
+        self.pad_to_multiple = int(self.cfg.get("pad_to_multiple", 8))
+        bt_reward = reg.get("bt_reward", "helpfulness")
+        if isinstance(bt_reward, str) and bt_reward in self.attributes:  # one named attribute
+            bt_reward = {bt_reward: 1.0}
+        self.bt_weights = torch.tensor(resolve_weights(bt_reward, self.attributes), dtype=torch.float32)
+        self.bt_loss_weight = float(reg.get("bt_loss_weight", 1.0))
+        self._validation_outputs: list[dict[str, torch.Tensor]] | None = None
+
+    # ------------------------------------------------------------------------------------------ batches
+    def _micro_batches(self, batch, num_microbatches: int, trim: bool):
+        rows = batch["inputs"].shape[0]
+        if rows % num_microbatches:
+            raise ValueError(f"{rows} rows cannot be split into {num_microbatches} micro-batches")
+        size = rows // num_microbatches
+        out = []
+        for start in range(0, rows, size):
+            mb = {k: v[start : start + size] for k, v in batch.items() if k in _STEP_KEYS}
+            if trim:  # without PP every micro-batch may have its own width
+                width = min(pad_length(int(mb["lengths"].max()), self.pad_to_multiple), mb["inputs"].shape[1])
+                mb["inputs"] = mb["inputs"][:, :width]
+                mb["position_ids"] = mb["position_ids"][:, :width]
+            out.append(mb)
+        return out, size
+
+    def _normalizers(self, batch):
+        """Valid label entries and preference pairs in the global batch (all DP ranks): the losses' denominators."""
+        counts = torch.zeros(2, dtype=torch.float64)
+        counts[0] = batch["label_mask"].sum()
+        if "preference" in batch:
+            pref = batch["preference"][0::2]
+            counts[1] = (torch.isfinite(pref) & (pref != 0)).sum()
+        counts = counts.to(torch.cuda.current_device())
+        torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+        return counts
+
+    # ------------------------------------------------------------------------------------------ losses
+    @property
+    def bt_kind(self) -> str:
+        return "regular_bt" if self.loss_name == "regression+bt" else self.loss_name
+
+    def combine_validation_loss(self, metrics) -> float:
+        """The training objective evaluated on whole-validation-set metrics."""
+        if self.loss_name == "regression":
+            return metrics["mse"]
+        if self.loss_name == "regression+bt":
+            return metrics["mse"] + self.bt_loss_weight * metrics["bt_loss"]
+        return metrics["bt_loss"]
+
+    def _loss(self, pred, mb, counts):
+        terms = {}
+        if self.loss_name in ("regression", "regression+bt"):
+            if counts[0] == 0:
+                raise ValueError("a global batch without a single present label: check data.attributes")
+            terms["regression_loss"] = losses.masked_mse_sum(pred, mb["labels"], mb["label_mask"]) / counts[0]
+        if self.loss_name != "regression":
+            if "preference" not in mb:
+                raise ValueError(f"loss_func='{self.loss_name}' needs preference pairs: use data=helpsteer2_preference")
+            if counts[1] == 0:
+                raise ValueError("a global batch without a single preference pair with nonzero strength")
+            bt_sum, _ = losses.bradley_terry_sum(pred, mb["preference"], self.bt_weights.to(pred.device),
+                                                 self.bt_kind)
+            terms["bt_loss"] = bt_sum / counts[1]
+        if self.loss_name == "regression+bt":
+            loss = terms["regression_loss"] + self.bt_loss_weight * terms["bt_loss"]
+        else:
+            loss = next(iter(terms.values()))
+        return loss, terms
+
+    def get_forward_output_and_loss_func(self, validation_step=False, counts=None):
+        num_microbatches = get_num_microbatches()
+        dp_size = parallel_state.get_data_parallel_world_size()
+
+        def fwd_output_and_loss_func(dataloader_iter, model):
+            mb = next(dataloader_iter)
+            mb = {k: v.cuda(non_blocking=True) for k, v in mb.items()}
+            width = mb["inputs"].shape[1]
+            causal = torch.ones(1, 1, width, width, dtype=torch.bool, device=mb["inputs"].device).tril_()
+            output = model(input_ids=mb["inputs"], lengths=mb["lengths"], position_ids=mb["position_ids"],
+                           attention_mask=~causal, labels=None)
+            if not parallel_state.is_pipeline_last_stage():
+                output = output.to(dtype=self.autocast_dtype)
+
+            def loss_func(output_tensor):
+                pred = output_tensor.float()
+                loss, terms = self._loss(pred, mb, counts)
+                reduced = {k: v.detach().reshape(1) for k, v in terms.items()}
+                reduced["loss"] = loss.detach().reshape(1)
+                if validation_step and self._validation_outputs is not None:
+                    self._validation_outputs.append({"pred": pred.detach(), **{k: mb[k] for k in _COLLECTED if k in mb}})
+                # The schedule divides by the micro-batch count and DDP averages over DP ranks; undo both so the
+                # gradient is that of the global-batch mean, whatever the split.
+                return loss * (num_microbatches * dp_size), reduced
+
+            return output, loss_func
+
+        return fwd_output_and_loss_func
+
+    def get_loss_and_metrics(self, batch, forward_only):
+        num_microbatches = get_num_microbatches()
+        pp = parallel_state.get_pipeline_model_parallel_world_size()
+        micro_batches, mbs = self._micro_batches(batch, num_microbatches, trim=pp == 1)
+        counts = self._normalizers(batch)
+        set_sync_funcs(self, forward_only)
+        reduced = get_forward_backward_func()(
+            forward_step_func=self.get_forward_output_and_loss_func(forward_only, counts),
+            data_iterator=self._make_data_iterator_list(iter(micro_batches)),
+            model=self.model,
+            num_microbatches=num_microbatches,
+            forward_only=forward_only,
+            seq_length=batch["inputs"].shape[1],  # only used for PP p2p shapes, where we do not trim
+            micro_batch_size=mbs,
+        )
+        names = ["loss", *(k for k in ("regression_loss", "bt_loss") if reduced and k in reduced[0])]
+        values = torch.zeros(len(names), dtype=torch.float32, device=torch.cuda.current_device())
+        if reduced:  # last pipeline stage: sum micro-batch contributions, then over DP ranks
+            for i, name in enumerate(names):
+                values[i] = torch.cat([r[name] for r in reduced]).sum()
+            torch.distributed.all_reduce(values, group=parallel_state.get_data_parallel_group())
+        # Only the last stage knows the loss; every rank logs, so broadcast the values (and their count).
+        size = torch.tensor([len(names)], device=values.device)
+        torch.distributed.broadcast(size, get_last_rank())
+        values = values if reduced else torch.zeros(int(size), dtype=torch.float32, device=values.device)
+        torch.distributed.broadcast(values, get_last_rank())
+        metrics = {"loss": float(values[0])}
+        if len(names) == int(size):
+            metrics.update({n: float(v) for n, v in zip(names[1:], values[1:].tolist())})
+        return metrics["loss"], metrics
+
+    # ------------------------------------------------------------------------------------------ validation
+    def start_validation_collection(self):
+        self._validation_outputs = []
+
+    def finish_validation_collection(self) -> dict[str, np.ndarray] | None:
+        """Predictions, labels (NaN = missing), pair ids and preferences of the whole validation set.
+
+        Gathered over data-parallel ranks; returned on last-pipeline-stage ranks, ``None`` elsewhere. The
+        sampler's padding rows (no label, pair id -1) are dropped here, so each real row appears exactly once.
+        """
+        outputs, self._validation_outputs = self._validation_outputs, None
+        if not parallel_state.is_pipeline_last_stage():
+            return None
+        keys = ("pred", *(k for k in _COLLECTED if outputs and k in outputs[0]))
+        local = {k: torch.cat([o[k] for o in outputs]).cpu() for k in keys} if outputs else None
+        gathered = [None] * parallel_state.get_data_parallel_world_size()
+        torch.distributed.all_gather_object(gathered, local, group=parallel_state.get_data_parallel_group())
+        arrays = {k: torch.cat([g[k] for g in gathered if g is not None]).numpy() for k in keys}
+        target = arrays["labels"].astype(np.float64)
+        target[~arrays["label_mask"]] = np.nan
+        keep = arrays["label_mask"].any(axis=1) | (arrays["pair_ids"] >= 0)
+        out = {"pred": arrays["pred"][keep].astype(np.float64), "target": target[keep],
+               "pair_ids": arrays["pair_ids"][keep]}
+        if "preference" in arrays:
+            out["preference"] = arrays["preference"][keep].astype(np.float64)
+        return out

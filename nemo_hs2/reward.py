@@ -1,0 +1,76 @@
+"""Turning per-attribute predictions into one scalar reward."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from nemo_hs2.attributes import check_attributes
+
+# Published linear heads over the five HelpSteer2 attributes. Verbosity is negative in both: raters rewarded
+# length, and the published combinations subtract it back out.
+PRESETS: dict[str, dict[str, float]] = {
+    # HelpSteer2 paper, Nemotron-4-340B-Reward.
+    "nemotron_340b": {"helpfulness": 0.3, "correctness": 0.74, "coherence": 0.46, "complexity": 0.47,
+                      "verbosity": -0.33},
+    # Llama-3-70B reward model card.
+    "llama3_70b": {"helpfulness": 0.65, "correctness": 0.8, "coherence": 0.45, "complexity": 0.55,
+                   "verbosity": -0.4},
+    "helpfulness_only": {"helpfulness": 1.0},
+}
+
+
+def resolve_weights(spec: str | Mapping[str, float], attributes: Sequence[str]) -> np.ndarray:
+    """Weight vector (float64, one entry per attribute, in ``attributes`` order) from a preset name or a mapping.
+
+    Attributes the spec does not name get weight 0.
+    """
+    attributes = check_attributes(attributes)
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ValueError(f"unknown reward preset '{spec}'; presets are {sorted(PRESETS)}")
+        mapping = PRESETS[spec]
+        source = f"preset '{spec}'"
+    elif isinstance(spec, Mapping):
+        mapping = spec
+        source = "reward weights"
+    else:
+        raise TypeError(f"reward weights must be a preset name or a mapping attribute -> weight, "
+                        f"got {type(spec).__name__}")
+
+    weights = np.zeros(len(attributes), dtype=np.float64)
+    for name, value in mapping.items():
+        name = str(name)
+        if name not in attributes:
+            raise ValueError(f"{source} weights attribute '{name}', which this model does not predict; "
+                             f"the model's attributes are {list(attributes)}")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: weight for '{name}' is not a number: {value!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{source}: weight for '{name}' is not finite: {value}")
+        weights[attributes.index(name)] = value
+    if not np.any(weights):
+        # An all-zero reward is constant, so every comparison would be a tie; that is always a config mistake.
+        raise ValueError(f"{source} gives every attribute weight 0")
+    return weights
+
+
+def combine(predictions, weights):
+    """``predictions[..., A] @ weights[A]``, returned in the library (numpy or torch) of ``predictions``."""
+    if isinstance(predictions, torch.Tensor):
+        w = torch.as_tensor(weights, dtype=predictions.dtype, device=predictions.device)
+        if w.ndim != 1 or predictions.shape[-1] != w.shape[0]:
+            raise ValueError(f"predictions {tuple(predictions.shape)} do not match weights {tuple(w.shape)}")
+        return predictions @ w
+    if isinstance(weights, torch.Tensor):
+        weights = weights.detach().cpu().numpy()
+    predictions = np.asarray(predictions, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or predictions.shape[-1:] != w.shape:
+        raise ValueError(f"predictions {predictions.shape} do not match weights {w.shape}")
+    return predictions @ w

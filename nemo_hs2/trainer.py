@@ -1,0 +1,99 @@
+"""NeMo-Aligner's SupervisedTrainer with validation metrics over the whole validation set."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import torch
+from nemo.collections.nlp.parts.utils_funcs import get_last_rank
+from nemo_aligner.algorithms.supervised import SupervisedTrainer
+
+from nemo_hs2.losses import bradley_terry_sum
+from nemo_hs2.metrics import pairwise_metrics, regression_metrics
+from nemo_hs2.reward import resolve_weights
+
+
+def preference_metrics(arrays, bt_weights, kind: str) -> dict[str, float]:
+    """Bradley-Terry loss and preference accuracy over every validation pair (rows sorted into pair order)."""
+    order = np.argsort(arrays["pair_ids"], kind="stable")
+    order = order[arrays["pair_ids"][order] >= 0]
+    pred = torch.as_tensor(arrays["pred"][order])
+    pref = torch.as_tensor(arrays["preference"][order], dtype=torch.float32)
+    total, n = bradley_terry_sum(pred, pref, bt_weights, kind)
+    metrics = {"bt_loss": float(total) / int(n) if int(n) else math.nan}
+    reward = pred.double() @ torch.as_tensor(bt_weights, dtype=torch.float64)
+    strength = pref[0::2].double()
+    valid = torch.isfinite(strength) & (strength != 0)
+    margin = (reward[1::2] - reward[0::2]) * torch.sign(strength)
+    metrics["preference_acc"] = float((margin[valid] > 0).double().mean()) if valid.any() else math.nan
+    metrics["preference_pairs"] = int(valid.sum())
+    return metrics
+
+
+class RewardModelTrainer(SupervisedTrainer):
+    """Replaces the per-batch mean of validation metrics by metrics computed once over every validation row."""
+
+    def __init__(self, *args, reward_weights="nemotron_340b", score_range=(0.0, 4.0), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reward_weights = reward_weights
+        self.score_range = tuple(score_range)
+
+    def run_validation(self):
+        self.model.start_validation_collection()
+        _, per_batch = super().run_validation()
+        arrays = self.model.finish_validation_collection()
+        metrics = None
+        if arrays is not None:
+            attributes = self.model.attributes
+            metrics = regression_metrics(arrays["pred"], arrays["target"], attributes, self.score_range)
+            weights = resolve_weights(self.reward_weights, attributes)
+            metrics.update(pairwise_metrics(arrays["pred"], arrays["target"], arrays["pair_ids"], attributes, weights))
+            metrics["rows"] = int(len(arrays["pred"]))
+            if self.model.loss_name != "regression":
+                metrics.update(preference_metrics(arrays, self.model.bt_weights.numpy(), self.model.bt_kind))
+        # Metrics exist on the last pipeline stage; every rank logs and returns the same dict.
+        box = [metrics]
+        torch.distributed.broadcast_object_list(box, src=get_last_rank())
+        metrics = box[0]
+        metrics["loss"] = self.model.combine_validation_loss(metrics)
+        metrics["validation_step_time"] = per_batch.get("validation_step_time", math.nan)
+        return metrics["loss"], metrics
+
+
+def _finite_or_none(obj):
+    """NaN (e.g. Pearson of a constant) becomes JSON null: strict JSON readers reject NaN."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+class MetricsRecorder:
+    """A logger for NeMo-Aligner's CustomLoggerWrapper that keeps the loss curve and validation history."""
+
+    def __init__(self):
+        self.train: list[dict] = []
+        self.validation: list[dict] = []
+
+    def log_metrics(self, metrics, step=None):
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        if any(k.startswith("val/") for k in metrics):
+            self.validation.append({k.removeprefix("val/") if isinstance(k, str) else k: v for k, v in row.items()})
+        elif any(k.startswith("train/") for k in metrics):
+            self.train.append({k.removeprefix("train/"): v for k, v in row.items()})
+
+    def write(self, path: str, extra: dict) -> None:
+        final = self.validation[-1] if self.validation else {}
+        doc = {**extra, "final_validation": final, "validation_history": self.validation,
+               "loss_curve": [{"step": r["step"], "loss": r.get("loss")} for r in self.train],
+               "train_history": self.train}
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(_finite_or_none(doc), f, indent=2)
+        os.replace(tmp, path)

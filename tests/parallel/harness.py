@@ -1,0 +1,155 @@
+"""One process of a parallel-equivalence check; run under torchrun by tests/test_parallel_equivalence.py.
+
+``--save REF`` (TP=PP=DP=1): build the tiny model, run one fixed global batch forward and backward, save the full
+weights, per-row predictions, loss and gradients. ``--compare REF``: build the model at the requested layout,
+load the reference weights resharded for this rank, run the same batch and write the max differences.
+Everything is taken from the real stack (Hydra config, NeMo trainer, our model, collate and loss), nothing mocked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LOSSES = ("regression", "regular_bt", "margin_bt", "scaled_bt", "regression+bt")
+GRAD_PARAMS = ("rm_head.weight", "rm_head.bias", "decoder.layers.1.self_attention.linear_qkv.weight",
+               "decoder.layers.1.mlp.linear_fc1.weight", "decoder.layers.0.self_attention.linear_proj.weight")
+
+
+def batch_rows(num_rows: int, attributes):
+    """Rows of different lengths with some labels missing: the cases micro-batching and masking get wrong."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(num_rows):
+        length = int(rng.integers(9, 40))
+        labels = rng.integers(0, 5, size=len(attributes)).astype(np.float32)
+        labels[rng.random(len(attributes)) < 0.25] = np.nan
+        if np.isnan(labels).all():
+            labels[0] = 2.0
+        rows.append({"tokens": rng.integers(1, 250, size=length).astype(np.int32), "labels": labels,
+                     "pair_id": i // 2, "preference": float(rng.choice([-3, -2, -1, 1, 2, 3]))})
+    for a, b in zip(rows[0::2], rows[1::2]):
+        b["preference"] = a["preference"]
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--save")
+    p.add_argument("--compare")
+    p.add_argument("--out")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
+    OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+        cfg = compose(config_name="train_reward_model", overrides=args.overrides)
+
+    from nemo_hs2 import compat
+    from nemo_hs2.config_checks import parallel_layout
+
+    parallel_layout(cfg)
+    compat.apply()
+    from megatron.core import parallel_state as ps
+    from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
+
+    from nemo_hs2.data.dataset import Collator
+    from nemo_hs2.models.reward_model import AttributeRewardModel
+
+    with open_dict(cfg):
+        cfg.exp_manager = None
+    torch.manual_seed(cfg.model.seed)
+    trainer = resolve_and_create_trainer(cfg, "rm")
+    model = AttributeRewardModel(cfg.model, trainer)
+    init_distributed(trainer, model, False)
+    compat.seed_model_parallel_rng(cfg.model.seed)
+    module = model.model
+    tp_rank, tp = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+    pp_rank, pp = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size()
+    dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+    layer_offset = pp_rank * (cfg.model.num_layers // pp)
+
+    def global_name(name):
+        return re.sub(r"decoder\.layers\.(\d+)\.", lambda m: f"decoder.layers.{int(m.group(1)) + layer_offset}.", name)
+
+    def shard(name, full, local_shape):
+        if tuple(full.shape) == tuple(local_shape):
+            return full
+        dim = next(i for i in range(full.dim()) if full.shape[i] != local_shape[i])
+        return full.chunk(tp, dim=dim)[tp_rank]
+
+    ref = torch.load(args.compare, weights_only=False) if args.compare else None
+    if ref is not None:
+        local = {k: v for k, v in module.state_dict().items() if "_extra_state" not in k}
+        loaded = {k: shard(k, ref["weights"][global_name(k)], v.shape) for k, v in local.items()}
+        module.load_state_dict(loaded, strict=False)
+
+    attributes = list(cfg.model.regression.attributes)
+    rows = batch_rows(int(cfg.model.global_batch_size), attributes)
+    per_rank = len(rows) // dp  # contiguous slices keep each preference pair on one DP rank
+    mine = rows[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+    batch = Collator(pad_id=0, pad_to_multiple=8)(mine)
+    batch["preference"] = torch.tensor([r["preference"] for r in mine], dtype=torch.float32)
+
+    outputs = {}
+    rows_per_micro_batch = len(mine) // (int(cfg.model.global_batch_size) // (int(cfg.model.micro_batch_size) * dp))
+    # A Bradley-Terry micro-batch holds whole pairs; single-row micro-batches can only check the regression loss.
+    for loss_name in LOSSES if rows_per_micro_batch % 2 == 0 else LOSSES[:1]:
+        model.loss_name = loss_name
+        model.prepare_for_validation_step()
+        model.start_validation_collection()
+        val_loss, _ = model.get_loss_and_metrics(batch, forward_only=True)
+        arrays = model.finish_validation_collection()
+        model.finish_validation_step()
+
+        model.prepare_for_training_step()
+        for prm in module.parameters():
+            prm.grad = None
+        train_loss, _ = model.get_loss_and_metrics(batch, forward_only=False)
+        model.finish_training_step()
+        grads = {}
+        for name, prm in module.named_parameters():
+            g = getattr(prm, "main_grad", None)
+            g = prm.grad if g is None else g
+            if g is not None and global_name(name) in GRAD_PARAMS:
+                grads[global_name(name)] = g.detach().clone()
+        outputs[loss_name] = {"val_loss": val_loss, "train_loss": train_loss, "grads": grads,
+                              "pred": None if arrays is None else arrays["pred"]}
+
+    result = {"layout": {"tp": tp, "pp": pp, "dp": dp}}
+    if args.save:
+        torch.save({"weights": {k: v.detach().clone() for k, v in module.state_dict().items()
+                                if "_extra_state" not in k}, "outputs": outputs}, args.save)
+        result["losses"] = {k: v["train_loss"] for k, v in outputs.items()}
+    else:
+        diffs = {}
+        for loss_name, out in outputs.items():
+            want = ref["outputs"][loss_name]
+            diffs[f"{loss_name}/val_loss"] = abs(out["val_loss"] - want["val_loss"])
+            diffs[f"{loss_name}/train_loss"] = abs(out["train_loss"] - want["train_loss"])
+            if out["pred"] is not None:
+                diffs[f"{loss_name}/pred"] = float(np.abs(out["pred"] - want["pred"]).max())
+            for name, g in out["grads"].items():
+                diffs[f"{loss_name}/grad:{name}"] = float((g - shard(name, want["grads"][name], g.shape)).abs().max())
+        result["diffs"] = diffs
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, result)
+    if torch.distributed.get_rank() == 0 and args.out:
+        with open(args.out, "w") as f:
+            json.dump(gathered, f, indent=1)
+    torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Template, demo set, tokenization and dynamic padding (plain Python, no Megatron)."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
+from nemo_hs2.data.dataset import Collator, RewardDataset, tokenize_examples
+from nemo_hs2.data.demo import demo_examples
+from nemo_hs2.data.examples import Example
+from nemo_hs2.data.template import format_example, split_helpsteer2_prompt
+
+
+class Bytes:
+    """The byte-level tokenizer's contract (one id per UTF-8 byte)."""
+
+    eos_id = 257
+
+    def text_to_ids(self, text):
+        return list(text.encode("utf-8"))
+
+
+def test_steerlm_template_single_turn():
+    ctx, resp = format_example("Hi?", "Hello.", system="S")
+    assert ctx + resp == ("<extra_id_0>System\nS\n<extra_id_1>User\nHi?\n<extra_id_1>Assistant\n"
+                          "Hello.\n<extra_id_2>")
+
+
+def test_helpsteer2_multi_turn_prompt_keeps_roles():
+    prompt = "Q1\n<extra_id_1>Assistant\nA1\n<extra_id_1>User\nQ2"
+    assert [(t.role, t.content) for t in split_helpsteer2_prompt(prompt)] == [("User", "Q1"), ("Assistant", "A1"),
+                                                                               ("User", "Q2")]
+    ctx, _ = format_example(prompt, "A2", system="S")
+    assert ctx == ("<extra_id_0>System\nS\n<extra_id_1>User\nQ1\n<extra_id_1>Assistant\nA1\n"
+                   "<extra_id_1>User\nQ2\n<extra_id_1>Assistant\n")
+    with pytest.raises(ValueError, match="end with a user turn"):
+        split_helpsteer2_prompt("Q1\n<extra_id_1>Assistant\nA1")
+
+
+def test_demo_set_is_deterministic_paired_and_follows_its_rules():
+    a, b = demo_examples(40, seed=7, split="train"), demo_examples(40, seed=7, split="train")
+    assert a == b and a != demo_examples(40, seed=8, split="train")
+    assert [e.pair_id for e in a] == [i // 2 for i in range(80)]
+    for e in a:
+        sentences = len(re.findall(r"\.(?: |$)", e.response))
+        assert e.labels["verbosity"] == min(4, sentences - 2)
+        assert set(e.labels) <= set(HELPSTEER2_ATTRIBUTES)
+    assert any("complexity" not in e.labels for e in a)  # some labels missing, to be masked
+
+
+def test_truncation_keeps_the_response_end():
+    rows = [Example("p" * 50, "the end", {"helpfulness": 3.0}, pair_id=-1)]
+    ds, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=30, system="S")
+    assert stats.truncated == 1 and len(ds.tokens[0]) == 30
+    assert bytes(ds.tokens[0].tolist()).endswith(b"the end\n<extra_id_2>")
+    ds, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=30, overlength="drop", system="S")
+    assert len(ds) == 0 and stats.skipped["overlength"] == 1
+
+
+def test_collate_pads_to_the_longest_row_and_masks_missing_labels():
+    ds = RewardDataset([np.arange(5, dtype=np.int32), np.arange(11, dtype=np.int32)],
+                       np.array([[1.0, math.nan], [2.0, 3.0]], dtype=np.float32), np.array([0, 0]), ["a", "b"])
+    batch = Collator(pad_id=99, pad_to_multiple=8)([ds[0], ds[1]])
+    assert batch["inputs"].shape == (2, 16)  # longest 11, rounded to 8 -- not a fixed seq_length
+    assert batch["lengths"].tolist() == [5, 11]
+    assert (batch["inputs"][0, 5:] == 99).all() and batch["inputs"][1, :11].tolist() == list(range(11))
+    assert batch["label_mask"].tolist() == [[True, False], [True, True]]
+    assert batch["labels"].tolist() == [[1.0, 0.0], [2.0, 3.0]]
+
+
+def test_sampler_padding_index_is_an_unlabelled_row():
+    ds = RewardDataset([np.arange(5, dtype=np.int32)], np.array([[1.0]], dtype=np.float32), np.array([3]), ["a"])
+    pad = ds[-1]
+    assert np.isnan(pad["labels"]).all() and pad["pair_id"] == -1
+    batch = Collator(0)([ds[0], pad])
+    assert batch["label_mask"].tolist() == [[True], [False]]

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
+from nemo_hs2.reward import PRESETS, combine, resolve_weights
+
+
+def test_preset_values_exact():
+    assert PRESETS == {
+        "nemotron_340b": {"helpfulness": 0.3, "correctness": 0.74, "coherence": 0.46, "complexity": 0.47,
+                          "verbosity": -0.33},
+        "llama3_70b": {"helpfulness": 0.65, "correctness": 0.8, "coherence": 0.45, "complexity": 0.55,
+                       "verbosity": -0.4},
+        "helpfulness_only": {"helpfulness": 1.0},
+    }
+
+
+def test_preset_aligned_with_attribute_order():
+    w = resolve_weights("nemotron_340b", HELPSTEER2_ATTRIBUTES)
+    assert w.dtype == np.float64
+    np.testing.assert_array_equal(w, [0.3, 0.74, 0.46, 0.47, -0.33])
+    shuffled = ("verbosity", "helpfulness", "complexity", "correctness", "coherence")
+    np.testing.assert_array_equal(resolve_weights("llama3_70b", shuffled), [-0.4, 0.65, 0.55, 0.8, 0.45])
+
+
+def test_unnamed_attributes_get_zero():
+    np.testing.assert_array_equal(resolve_weights("helpfulness_only", ("correctness", "helpfulness")), [0.0, 1.0])
+    np.testing.assert_array_equal(resolve_weights({"coherence": 2}, ("helpfulness", "coherence", "verbosity")),
+                                  [0.0, 2.0, 0.0])
+
+
+def test_dictconfig_accepted():
+    spec = OmegaConf.create({"verbosity": -1, "helpfulness": 0.5})
+    np.testing.assert_array_equal(resolve_weights(spec, ("helpfulness", "verbosity")), [0.5, -1.0])
+
+
+def test_unknown_attribute_names_it_and_lists_model_attributes():
+    with pytest.raises(ValueError, match="helpfulnes'") as err:
+        resolve_weights({"helpfulnes": 1.0}, ("helpfulness", "correctness"))
+    assert "correctness" in str(err.value)
+    # A preset over five attributes does not fit a two-attribute model.
+    with pytest.raises(ValueError, match="coherence"):
+        resolve_weights("nemotron_340b", ("helpfulness", "correctness"))
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ValueError, match="llama3_70b") as err:
+        resolve_weights("nemotron", HELPSTEER2_ATTRIBUTES)
+    assert "nemotron_340b" in str(err.value) and "helpfulness_only" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "heavy"])
+def test_bad_weight_values(bad):
+    with pytest.raises(ValueError, match="helpfulness"):
+        resolve_weights({"helpfulness": bad}, ("helpfulness",))
+
+
+def test_all_zero_and_wrong_type():
+    with pytest.raises(ValueError, match="weight 0"):
+        resolve_weights({"helpfulness": 0.0}, ("helpfulness", "verbosity"))
+    with pytest.raises(TypeError):
+        resolve_weights([1.0, 0.0], ("helpfulness", "verbosity"))
+
+
+def test_combine_numpy():
+    pred = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, -2.0]])
+    out = combine(pred, np.array([0.5, -1.0]))
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, [1 * 0.5 - 2, 3 * 0.5 - 4, 0 * 0.5 + 2])
+
+
+def test_combine_torch_keeps_library_dtype_and_grad():
+    pred = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]], requires_grad=True)  # [2, 1, A]: leading dims kept
+    out = combine(pred, np.array([0.5, -1.0]))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (2, 1)
+    np.testing.assert_allclose(out.detach().numpy(), [[1 * 0.5 - 2], [3 * 0.5 - 4]], rtol=1e-6)
+    out.sum().backward()
+    np.testing.assert_allclose(pred.grad.detach().numpy(), [[[0.5, -1.0]], [[0.5, -1.0]]], rtol=1e-6)
+
+
+def test_combine_shape_mismatch():
+    with pytest.raises(ValueError):
+        combine(np.zeros((3, 2)), np.ones(3))
+    with pytest.raises(ValueError):
+        combine(torch.zeros(3, 2), np.ones(3))
