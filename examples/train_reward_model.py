@@ -5,8 +5,11 @@
     python examples/train_reward_model.py data=helpsteer2 data.train_file=train.jsonl.gz data.validation_file=...
 """
 
+import sys
+
 from omegaconf import OmegaConf
 
+from nemo_hs2.faults import EXIT_PREEMPTED
 from nemo_hs2.train import run
 
 OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
@@ -18,7 +21,8 @@ def _main():
 
     @hydra_runner(config_path="../conf", config_name="train_reward_model")
     def main(cfg) -> None:
-        run(cfg)
+        if run(cfg)["preempted"]:  # checkpoint saved; the SLURM scripts requeue on this status
+            sys.exit(EXIT_PREEMPTED)
 
     main()
 

@@ -22,33 +22,92 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+INIT_MODES = ("base", "reward_model")
+
+
+def check_init(cfg: DictConfig) -> None:
+    """Reject a start checkpoint that cannot be what the config asks for, before any process group exists."""
+    init = cfg.get("init") or {}
+    path, mode = init.get("restore_from_path"), init.get("mode", "base")
+    if mode not in INIT_MODES:
+        raise ValueError(f"init.mode must be one of {INIT_MODES}, got '{mode}'")
+    if not path:
+        return
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"init.restore_from_path={path} does not exist")
+    if mode == "reward_model":
+        from nemo_aligner.utils.utils import load_checkpoint_model_config
+
+        saved = (load_checkpoint_model_config(path).get("regression") or {}).get("attributes")
+        wanted = list(cfg.model.regression.attributes)
+        if saved is None:
+            raise ValueError(f"{path} has no attribute names (not a nemo_hs2 reward model; a NeMo-Aligner "
+                             "positional head cannot be matched by name): use init.mode=base")
+        if list(saved) != wanted:
+            raise ValueError(f"{path} predicts attributes {list(saved)} but the config asks for {wanted}: "
+                             "set data.attributes to the checkpoint's, or use init.mode=base for a fresh head")
+
+
+RESUME_MODES = ("auto", "required", "never")
+
+
+def configure_resume(cfg: DictConfig) -> str:
+    """Map ``resume`` onto exp_manager and set aside checkpoints a kill left unfinished; returns the checkpoint dir.
+
+    auto: continue from the run directory's last complete checkpoint if there is one (re-running the same command
+    after a kill continues the run); required: it is an error if there is none (requeued jobs: a mistyped
+    directory must not silently start from scratch); never: it is an error if the run directory has checkpoints.
+    """
+    from nemo_hs2.faults import set_aside_unfinished_checkpoints
+
+    mode = cfg.get("resume", "auto")
+    if mode not in RESUME_MODES:
+        raise ValueError(f"resume must be one of {RESUME_MODES}, got '{mode}'")
+    explicit = cfg.exp_manager.get("resume_from_checkpoint")
+    if explicit and not os.path.exists(explicit):
+        raise FileNotFoundError(f"exp_manager.resume_from_checkpoint={explicit} does not exist")
+    log_dir = cfg.exp_manager.get("explicit_log_dir")
+    ckpt_dir = os.path.join(str(log_dir), "checkpoints") if log_dir else None
+    if ckpt_dir:
+        set_aside_unfinished_checkpoints(ckpt_dir)
+    has_ckpt = bool(ckpt_dir) and os.path.isdir(ckpt_dir) and any(
+        p.endswith("-last") or p.endswith("last.ckpt") for p in os.listdir(ckpt_dir))
+    if mode == "required" and not has_ckpt and not explicit:
+        raise FileNotFoundError(f"resume=required but no checkpoint to resume from in {ckpt_dir}")
+    if mode == "never" and has_ckpt:
+        raise FileExistsError(f"resume=never but {ckpt_dir} holds checkpoints: use a new exp_manager.explicit_log_dir")
+    with open_dict(cfg):
+        cfg.exp_manager.resume_if_exists = mode != "never"
+        cfg.exp_manager.resume_ignore_no_checkpoint = mode == "auto"
+    return ckpt_dir
+
+
 def build_model(cfg: DictConfig, trainer):
     from nemo_aligner.utils.utils import load_and_override_model_config, load_from_nemo
 
     from nemo_hs2.models.reward_model import AttributeRewardModel
 
-    init = cfg.get("init", {}) or {}
-    path = init.get("restore_from_path")
+    path = (cfg.get("init") or {}).get("restore_from_path")
     if not path:
         return AttributeRewardModel(cfg.model, trainer)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"init.restore_from_path={path} does not exist")
     with open_dict(cfg):
         cfg.model = load_and_override_model_config(path, cfg.model)
+    # base: the GPT backbone only, a freshly initialised head; reward_model: the head too.
     return load_from_nemo(AttributeRewardModel, cfg.model, trainer, strict=True,
-                          load_base_model_only=init.get("mode", "base") == "base", restore_path=path)
+                          load_base_model_only=cfg.init.mode == "base", restore_path=path)
 
 
 def run(cfg: DictConfig) -> dict:
     """Train, validate and save; returns the metrics written to ``metrics.json``."""
     layout = parallel_layout(cfg)  # before any process group
     compat.apply()
+    check_init(cfg)
+    configure_resume(cfg)
 
     import torch
     from nemo.utils import logging
     from nemo.utils.exp_manager import exp_manager
     from nemo_aligner.data.nlp.builders import build_dataloader
-    from nemo_aligner.utils.distributed import Timer
     from nemo_aligner.utils.train_script_utils import (
         CustomLoggerWrapper,
         add_custom_checkpoint_callback,
@@ -62,13 +121,15 @@ def run(cfg: DictConfig) -> dict:
     from nemo_hs2.data.build import build_datasets
     from nemo_hs2.data.dataset import Collator
     from nemo_hs2.data.preference import PairCollator, build_pair_datasets
+    from nemo_hs2.faults import FiniteStepGuard, PreemptionTimer
     from nemo_hs2.trainer import MetricsRecorder, RewardModelTrainer
 
     started = time.time()
     _seed_everything(cfg.model.seed)
     trainer = resolve_and_create_trainer(cfg, "rm")
-    exp_manager(trainer, cfg.exp_manager)
-    recorder = MetricsRecorder()
+    log_dir = str(exp_manager(trainer, cfg.exp_manager))
+    summary = {"layout": layout, "compat_patches": compat.applied()}
+    recorder = MetricsRecorder(os.path.join(log_dir, "metrics.json"), summary)
     logger = CustomLoggerWrapper([*trainer.loggers, recorder])
 
     model = build_model(cfg, trainer)
@@ -76,6 +137,8 @@ def run(cfg: DictConfig) -> dict:
     if trainer.ckpt_path is not None:
         trainer_state = retrieve_custom_trainer_state_dict(trainer)
         consumed_samples = trainer_state["consumed_samples"]
+        recorder.resume_from(trainer_state["step"])
+        logging.info(f"resuming from {trainer.ckpt_path} at step {trainer_state['step']}")
 
     init_distributed(trainer, model, cfg.model.get("transformer_engine", False))
     compat.seed_model_parallel_rng(cfg.model.seed)
@@ -103,30 +166,24 @@ def run(cfg: DictConfig) -> dict:
     ckpt_callback = add_custom_checkpoint_callback(trainer, model)
     logger.log_hyperparams(OmegaConf.to_container(cfg))
 
+    timer = PreemptionTimer(cfg.exp_manager.get("max_time_per_run"))
     rm_trainer = RewardModelTrainer(
         cfg=cfg.trainer.rm, model=model, optimizer=optimizer, scheduler=scheduler, train_dataloader=train_dl,
-        val_dataloader=val_dl, test_dataloader=None, logger=logger, ckpt_callback=ckpt_callback,
-        run_timer=Timer(cfg.exp_manager.get("max_time_per_run")),
+        val_dataloader=val_dl, test_dataloader=None, logger=logger, ckpt_callback=ckpt_callback, run_timer=timer,
+        run_init_validation=cfg.trainer.rm.get("run_init_validation", False),
         reward_weights=cfg.model.regression.reward_weights, score_range=cfg.data.score_range,
     )
+    rm_trainer.optimizer = FiniteStepGuard(optimizer, model, rm_trainer)
     if trainer_state is not None:
         rm_trainer.load_state_dict(trainer_state)
+    summary.update({"attributes": list(model.attributes), "data": {
+        split: {"rows": st.rows, "used": st.used, "truncated": st.truncated, "skipped": dict(st.skipped)}
+        for split, st in stats.items()}})
     rm_trainer.fit()
 
-    log_dir = str(cfg.exp_manager.explicit_log_dir or trainer.log_dir)
-    summary = {
-        "attributes": list(model.attributes),
-        "layout": layout,
-        "steps": rm_trainer.step,
-        "consumed_samples": rm_trainer.consumed_samples,
-        "wall_time_s": round(time.time() - started, 1),
-        "data": {split: {"rows": st.rows, "used": st.used, "truncated": st.truncated, "skipped": dict(st.skipped)}
-                 for split, st in stats.items()},
-        "compat_patches": compat.applied(),
-    }
-    if torch.distributed.get_rank() == 0:
-        os.makedirs(log_dir, exist_ok=True)
-        recorder.write(os.path.join(log_dir, "metrics.json"), summary)
-        logging.info(f"wrote {os.path.join(log_dir, 'metrics.json')}")
+    summary.update({"steps": rm_trainer.step, "consumed_samples": rm_trainer.consumed_samples,
+                    "preempted": timer.preempted, "wall_time_s": round(time.time() - started, 1)})
+    recorder.write(extra=summary)
+    logging.info(f"wrote {recorder.path}" + (f" (stopped by {timer.signal_received})" if timer.preempted else ""))
     torch.distributed.barrier()
     return {**summary, "final_validation": recorder.validation[-1] if recorder.validation else {}}

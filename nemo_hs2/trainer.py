@@ -75,20 +75,44 @@ def _finite_or_none(obj):
 
 
 class MetricsRecorder:
-    """A logger for NeMo-Aligner's CustomLoggerWrapper that keeps the loss curve and validation history."""
+    """A logger for NeMo-Aligner's CustomLoggerWrapper that keeps the loss curve and validation history.
 
-    def __init__(self):
+    With a ``path`` it rewrites ``metrics.json`` after every validation (validation precedes every checkpoint), so a
+    killed run leaves the history of its last checkpoint, which a resumed run continues.
+    """
+
+    def __init__(self, path: str | None = None, extra: dict | None = None):
+        self.path = path
+        self.extra = dict(extra or {})
         self.train: list[dict] = []
         self.validation: list[dict] = []
+
+    def resume_from(self, step: int) -> None:
+        """Keep the history of a previous run up to the checkpoint at ``step``; later entries will be redone."""
+        if not self.path or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            doc = json.load(f)
+        self.train = [r for r in doc.get("train_history", []) if r["step"] < step]
+        self.validation = [r for r in doc.get("validation_history", []) if r["step"] <= step]
 
     def log_metrics(self, metrics, step=None):
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         if any(k.startswith("val/") for k in metrics):
             self.validation.append({k.removeprefix("val/") if isinstance(k, str) else k: v for k, v in row.items()})
+            if self.path:
+                self.write()
         elif any(k.startswith("train/") for k in metrics):
             self.train.append({k.removeprefix("train/"): v for k, v in row.items()})
 
-    def write(self, path: str, extra: dict) -> None:
+    def log_hyperparams(self, params):
+        pass
+
+    def write(self, path: str | None = None, extra: dict | None = None) -> None:
+        path = path or self.path
+        if not path or (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
+            return
+        extra = {**self.extra, **(extra or {})}
         final = self.validation[-1] if self.validation else {}
         doc = {**extra, "final_validation": final, "validation_history": self.validation,
                "loss_curve": [{"step": r["step"], "loss": r.get("loss")} for r in self.train],

@@ -77,3 +77,69 @@ def test_sampler_padding_index_is_an_unlabelled_row():
     assert np.isnan(pad["labels"]).all() and pad["pair_id"] == -1
     batch = Collator(0)([ds[0], pad])
     assert batch["label_mask"].tolist() == [[True], [False]]
+
+
+def test_conversation_formatting_matches_the_training_template():
+    from nemo_hs2.inference import conversation_to_text
+
+    prompt = "Q1\n<extra_id_1>Assistant\nA1\n<extra_id_1>User\nQ2"
+    conversation = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
+                    {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
+                    {"role": "assistant", "content": "A2"}]
+    assert conversation_to_text(conversation) == format_example(prompt, "A2", system="S")
+    for bad, why in [([], "empty"), ([{"role": "user", "content": "Q"}], "last turn"),
+                     ([{"role": "assistant", "content": "A"}], "turn 0"),
+                     ([{"role": "user", "content": 3}, {"role": "assistant", "content": "A"}], "turn 0")]:
+        with pytest.raises(ValueError, match=why):
+            conversation_to_text(bad)
+
+
+def test_preference_pairs_stay_together():
+    from nemo_hs2.data.preference import PairCollator, PairDataset, demo_pairs
+
+    rows, strengths = demo_pairs(3, seed=1, split="train")
+    ds, _ = tokenize_examples(rows, Bytes(), list(HELPSTEER2_ATTRIBUTES), max_length=512, system="S")
+    pairs = PairDataset(ds, np.asarray(strengths))
+    batch = PairCollator(0)([pairs[2], pairs[0], pairs[-1]])
+    assert batch["inputs"].shape[0] == 6  # two rows per pair, consecutive
+    assert batch["pair_ids"].tolist() == [2, 2, 0, 0, -1, -1]
+    assert batch["preference"][:4].tolist() == [strengths[2]] * 2 + [strengths[0]] * 2
+    assert torch.isnan(batch["preference"][4:]).all() and not batch["label_mask"][4:].any()
+    for a, b in zip(rows[0::2], rows[1::2]):  # strength follows the documented rule
+        s = max(-3.0, min(3.0, b.labels["helpfulness"] - a.labels["helpfulness"]))
+        assert strengths[a.pair_id] == s
+
+
+def test_overlength_rows_are_truncated_or_dropped_never_replaced():
+    rows = [Example("a", "short", {"helpfulness": 1.0}, pair_id=0),
+            Example("b" * 80, "long one", {"helpfulness": 2.0}, pair_id=0),
+            Example("c", "fits", {"helpfulness": 3.0}, pair_id=1)]
+    kept, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, overlength="drop", system="S")
+    assert (stats.rows, stats.used, dict(stats.skipped)) == (3, 2, {"overlength": 1})
+    assert kept.labels[:, 0].tolist() == [1.0, 3.0] and kept.pair_ids.tolist() == [0, 1]
+    cut, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, system="S")
+    assert stats.truncated == 1 and cut.labels[:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert cut.lengths().tolist() == [80, 100, 79] and cut.full_lengths.tolist()[1] == 74 + 80 + 8
+
+
+def test_flat_rows_match_the_rows_they_were_built_from():
+    tokens = [np.arange(3, dtype=np.int32), np.arange(0, dtype=np.int32) + 7, np.arange(5, dtype=np.int32) * 2]
+    tokens[1] = np.array([9], dtype=np.int32)
+    ds = RewardDataset(tokens, np.zeros((3, 1), np.float32), np.array([0, 0, -1]), ["a"])
+    assert ds.offsets.tolist() == [0, 3, 4, 9] and ds.lengths().tolist() == [3, 1, 5]
+    assert [ds[i]["tokens"].tolist() for i in range(3)] == [t.tolist() for t in tokens]
+    assert list(map(len, ds.tokens)) == [3, 1, 5] and ds.tokens[-1].tolist() == tokens[2].tolist()
+    with pytest.raises(IndexError):
+        ds.tokens[3]
+
+
+def test_benchmark_skips_without_data(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py"
+    spec = importlib.util.spec_from_file_location("data_pipeline_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--data", str(tmp_path / "absent.jsonl")]) == 0
+    assert "skipped: no data at" in capsys.readouterr().out

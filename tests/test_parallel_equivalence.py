@@ -34,8 +34,16 @@ def torchrun(nproc, args, tmp_path, name):
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
     ref = tmp / "ref.pt"
-    torchrun(1, ["--save", str(ref), *BASE], tmp, "tp1")
-    return ref, tmp
+    (result,) = torchrun(1, ["--save", str(ref), *BASE], tmp, "tp1")
+    return ref, tmp, result
+
+
+def test_inference_api_matches_the_training_path(reference):
+    """RewardScorer formats and tokenizes like training: same rows give the validation forward's predictions."""
+    inference = reference[2]["inference"]
+    assert inference["training_path_gap"] <= TOL
+    assert inference["batch_size_gap"] <= TOL  # batches of 2 (with a filled-up last one) vs one batch of 9
+    assert inference["reward_gap"] <= 1e-9
 
 
 LAYOUTS = {
@@ -50,11 +58,12 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_layout_matches_single_process(reference, layout):
-    ref, tmp = reference
+    ref, tmp, _ = reference
     nproc, overrides = LAYOUTS[layout]
     results = torchrun(nproc, ["--compare", str(ref), *BASE, *overrides], tmp, layout)
     seen = {}
     for rank_result in results:
+        assert rank_result["inference"]["batch_size_gap"] <= TOL
         for key, diff in rank_result["diffs"].items():
             seen[key] = max(seen.get(key, 0.0), diff)
     print(f"\n{layout}: max |diff| = {max(seen.values()):.3e}")
@@ -65,5 +74,6 @@ def test_layout_matches_single_process(reference, layout):
         assert f"{loss}/pred" in seen and f"{loss}/train_loss" in seen
         assert f"{loss}/grad:rm_head.weight" in seen
         assert f"{loss}/grad:decoder.layers.1.self_attention.linear_qkv.weight" in seen
+    assert "inference/pred" in seen
     bad = {k: v for k, v in seen.items() if not v <= TOL}
     assert not bad, f"{layout} differs from TP=PP=DP=1 beyond {TOL}: {bad}"

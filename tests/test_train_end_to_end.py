@@ -34,17 +34,61 @@ def check(metrics, log_dir, steps):
     assert any(p.name.endswith("-last") for p in (log_dir / "checkpoints").iterdir())
 
 
-def test_default_demo_run(tmp_path):
-    metrics = run([sys.executable, SCRIPT, *SHORT], tmp_path)
-    check(metrics, tmp_path, 6)
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("demo")
+    return run([sys.executable, SCRIPT, *SHORT], log_dir), log_dir
+
+
+def test_default_demo_run(demo_run):
+    metrics, log_dir = demo_run
+    check(metrics, log_dir, 6)
     assert metrics["layout"] == {"world": 1, "tp": 1, "pp": 1, "dp": 1, "num_microbatches": 4}
     assert metrics["data"]["train"]["used"] == 128
 
 
-@pytest.mark.parametrize("parallel", ["model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2"])
-def test_two_process_runs(tmp_path, parallel):
+def test_start_from_a_reward_model_checkpoint_keeps_the_head(demo_run, tmp_path):
+    metrics, log_dir = demo_run
+    nemo = log_dir / "checkpoints" / "hs2_reward_model.nemo"
+    start = ["trainer.rm.max_steps=1", "trainer.rm.run_init_validation=true", f"init.restore_from_path={nemo}",
+             "data.demo.train_prompts=64", "data.demo.validation_prompts=12"]
+    loaded = run([sys.executable, SCRIPT, *start, "init.mode=reward_model"], tmp_path / "rm")
+    before = loaded["validation_history"][0]
+    assert before["step"] == 0
+    # Validation of the loaded weights reproduces the source run's final validation: backbone and head loaded.
+    assert before["mse"] == pytest.approx(metrics["final_validation"]["mse"], abs=1e-6)
+    fresh = run([sys.executable, SCRIPT, *start, "init.mode=base"], tmp_path / "base")
+    assert abs(fresh["validation_history"][0]["mse"] - before["mse"]) > 1e-3  # a new head predicts differently
+
+
+def test_attribute_mismatch_with_a_checkpoint_is_an_error(demo_run, tmp_path):
+    _, log_dir = demo_run
+    nemo = log_dir / "checkpoints" / "hs2_reward_model.nemo"
+    proc = subprocess.run([sys.executable, SCRIPT, f"init.restore_from_path={nemo}", "init.mode=reward_model",
+                           "data.attributes=[verbosity,helpfulness]", f"exp_manager.explicit_log_dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "predicts attributes ['helpfulness', 'correctness', 'coherence', 'complexity', 'verbosity']" in proc.stderr
+
+
+@pytest.mark.parametrize("parallel, dp", [("model.tensor_model_parallel_size=2", 1),
+                                          ("model.pipeline_model_parallel_size=2", 1),
+                                          ("model.micro_batch_size=2", 2)])
+def test_two_process_runs(tmp_path, parallel, dp):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(29100 + len(parallel)), SCRIPT, "trainer.devices=2", parallel, *SHORT]
     metrics = run(cmd, tmp_path)
-    check(metrics, tmp_path, 6)
-    assert metrics["layout"]["world"] == 2 and metrics["layout"]["dp"] == 1
+    check(metrics, tmp_path, 6)  # at DP=2 the validation rows come from both ranks, each exactly once
+    assert metrics["layout"]["world"] == 2 and metrics["layout"]["dp"] == dp
+
+
+def test_bradley_terry_key_is_honoured(tmp_path):
+    """model.regression.loss_func selects the loss (NeMo-Aligner 0.7.0 reads another key and silently runs MSE)."""
+    metrics = run([sys.executable, SCRIPT, "data=demo_preference", "model.regression.loss_func=scaled_bt", *SHORT],
+                  tmp_path)
+    first = metrics["train_history"][0]
+    assert "bt_loss" in first and "regression_loss" not in first
+    assert first["loss"] == first["bt_loss"]
+    final = metrics["final_validation"]
+    assert final["loss"] == final["bt_loss"] and final["preference_pairs"] > 0
+    assert 0.0 <= final["preference_acc"] <= 1.0

@@ -18,68 +18,197 @@ OVERLENGTH_POLICIES = ("truncate", "drop")
 
 @dataclasses.dataclass
 class TokenizeStats:
-    rows: int = 0
+    rows: int = 0  # rows read, bad ones included: rows == used + sum(skipped.values())
     used: int = 0
     truncated: int = 0
     skipped: Counter = dataclasses.field(default_factory=Counter)
+    cache_path: str | None = None  # the cache directory this split was read from or written to
+    cache_hit: bool = False
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "used": self.used, "truncated": self.truncated, "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenizeStats:
+        return cls(rows=int(d["rows"]), used=int(d["used"]), truncated=int(d["truncated"]),
+                   skipped=Counter({str(k): int(v) for k, v in d["skipped"].items()}))
+
+
+def encoder_of(tokenizer):
+    """``text -> list[int]`` for a NeMo tokenizer (``text_to_ids``) or a Hugging Face one (``encode``)."""
+    if hasattr(tokenizer, "text_to_ids"):
+        return tokenizer.text_to_ids
+    if hasattr(tokenizer, "encode"):
+        # The formatted text already carries any BOS the template wants; the tokenizer must not add another.
+        return lambda text: tokenizer.encode(text, add_special_tokens=False)
+    raise TypeError(f"{type(tokenizer).__name__} has neither text_to_ids nor encode")
+
+
+class SteerLMFormat:
+    """The SteerLM/Nemotron template (``nemo_hs2.data.template``), tokenized as context + response."""
+
+    name = "steerlm"
+
+    def __init__(self, tokenizer, system: str = DEFAULT_SYSTEM):
+        self.encode = encoder_of(tokenizer)
+        self.system = system
+
+    def ids(self, ex: Example) -> list[int]:
+        # Tokenized apart so that a response's tokens never depend on the context before it (no BPE merge
+        # across the "Assistant\n" header): the same response reads the same in every prompt.
+        context, response = format_example(ex.prompt, ex.response, self.system)
+        return list(self.encode(context)) + list(self.encode(response))
+
+    def identity(self) -> dict:
+        return {"template": self.name, "system": self.system}
+
+
+class TokenRows(Sequence):
+    """Row ``i`` of a flat token array cut by ``offsets``; a view, so a memmapped cache is never copied whole."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self._flat = flat
+        self._offsets = offsets
+
+    def __len__(self):
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i):
+        n = len(self)
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError("TokenRows takes one integer index")
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"row {i} of {n}")
+        return self._flat[self._offsets[i]:self._offsets[i + 1]]
 
 
 class RewardDataset(torch.utils.data.Dataset):
-    """Token ids per row, a label matrix (NaN = missing) and pair ids; indexable by Megatron's batch samplers."""
+    """Token ids per row, a label matrix (NaN = missing) and pair ids; indexable by Megatron's batch samplers.
+
+    Rows live in one flat int32 array cut by ``offsets`` (``rows + 1`` entries), which may be a read-only
+    memmap of the tokenized cache (``from_arrays``).
+    """
 
     def __init__(self, tokens: Sequence[np.ndarray], labels: np.ndarray, pair_ids: np.ndarray,
-                 attributes: Sequence[str]):
-        if len(tokens) != len(labels) or len(tokens) != len(pair_ids):
+                 attributes: Sequence[str], full_lengths: np.ndarray | None = None):
+        lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+        offsets = np.zeros(len(tokens) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.concatenate([np.asarray(t, dtype=np.int32) for t in tokens]) if len(tokens) else np.zeros(0, np.int32)
+        self._init(flat, offsets, labels, pair_ids, attributes, full_lengths)
+
+    @classmethod
+    def from_arrays(cls, flat: np.ndarray, offsets: np.ndarray, labels: np.ndarray, pair_ids: np.ndarray,
+                    attributes: Sequence[str], full_lengths: np.ndarray | None = None,
+                    cache_dir: str | None = None) -> RewardDataset:
+        self = cls.__new__(cls)
+        self._init(flat, offsets, labels, pair_ids, attributes, full_lengths)
+        self._cache_dir = cache_dir
+        return self
+
+    def _init(self, flat, offsets, labels, pair_ids, attributes, full_lengths):
+        rows = len(offsets) - 1
+        if len(labels) != rows or len(pair_ids) != rows:
             raise ValueError("tokens, labels and pair_ids must have one entry per row")
         if labels.ndim != 2 or labels.shape[1] != len(attributes):
             raise ValueError(f"labels must be [rows, {len(attributes)}], got {labels.shape}")
-        self.tokens = list(tokens)
-        self.labels = labels.astype(np.float32)
-        self.pair_ids = pair_ids.astype(np.int64)
+        if offsets[0] != 0 or offsets[-1] != len(flat):
+            raise ValueError("offsets must start at 0 and end at the number of tokens")
+        # np.asarray keeps a memmap a memmap when the dtype already matches (the cache writes these dtypes).
+        self._flat = np.asarray(flat, dtype=np.int32)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.pair_ids = np.asarray(pair_ids, dtype=np.int64)
         self.attributes = tuple(attributes)
+        self.full_lengths = None if full_lengths is None else np.asarray(full_lengths, dtype=np.int64)
+        self._cache_dir = None
+
+    @property
+    def tokens(self) -> TokenRows:
+        return TokenRows(self._flat, self._offsets)
+
+    @property
+    def flat_tokens(self) -> np.ndarray:
+        return self._flat
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._offsets
 
     def __len__(self):
-        return len(self.tokens)
+        return len(self._offsets) - 1
 
     def __getitem__(self, idx):
         if idx == -1:  # Megatron's batch sampler pads the last validation batch with -1: a row with no labels
-            return {"tokens": self.tokens[0][-1:], "labels": np.full(len(self.attributes), np.nan, np.float32),
+            end = int(self._offsets[1])
+            return {"tokens": self._flat[end - 1:end], "labels": np.full(len(self.attributes), np.nan, np.float32),
                     "pair_id": -1}
-        return {"tokens": self.tokens[idx], "labels": self.labels[idx], "pair_id": self.pair_ids[idx]}
+        start, end = self._offsets[idx], self._offsets[idx + 1]
+        return {"tokens": self._flat[start:end], "labels": self.labels[idx], "pair_id": self.pair_ids[idx]}
 
     def lengths(self) -> np.ndarray:
-        return np.array([len(t) for t in self.tokens], dtype=np.int64)
+        return np.diff(self._offsets)
+
+    def __getstate__(self):
+        # A memmap pickles as its whole contents; a spawned DataLoader worker can re-open the cache instead.
+        state = dict(self.__dict__)
+        if self._cache_dir is not None:
+            for key in ("_flat", "_offsets", "labels", "pair_ids", "full_lengths"):
+                state[key] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self._cache_dir is not None and self._flat is None:
+            from nemo_hs2.data.cache import open_arrays
+
+            arrays = open_arrays(self._cache_dir)
+            self._flat, self._offsets = arrays["tokens"], arrays["offsets"]
+            self.labels, self.pair_ids, self.full_lengths = arrays["labels"], arrays["pair_ids"], arrays["full_lengths"]
 
 
 def tokenize_examples(examples: Iterable[Example], tokenizer, attributes: Sequence[str], max_length: int,
-                      overlength: str = "truncate", system: str = DEFAULT_SYSTEM) -> tuple[RewardDataset, TokenizeStats]:
+                      overlength: str = "truncate", system: str = DEFAULT_SYSTEM, formatter=None,
+                      progress: bool = False, desc: str = "tokenizing") -> tuple[RewardDataset, TokenizeStats]:
     """Template and tokenize rows once.
 
-    The context and the response are tokenized separately so that an over-long row can lose context from the
-    left while the response end and the end-of-response token (where the reward is read) always survive.
+    ``formatter`` turns an Example into token ids (default: the SteerLM template with ``system``; see also
+    ``nemo_hs2.data.chat_template``). An over-long row either loses tokens from the left, so the response end
+    and the end-of-response token (where the reward is read) always survive, or is dropped and counted; it is
+    never replaced by another row.
     """
     if overlength not in OVERLENGTH_POLICIES:
         raise ValueError(f"data.overlength must be one of {OVERLENGTH_POLICIES}, got '{overlength}'")
+    if formatter is None:
+        formatter = SteerLMFormat(tokenizer, system)
     stats = TokenizeStats()
-    tokens, labels, pair_ids = [], [], []
+    tokens, labels, pair_ids, full_lengths = [], [], [], []
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = len(examples) if hasattr(examples, "__len__") else None
+        examples = tqdm(examples, total=total, desc=desc, unit="row", mininterval=0.5, dynamic_ncols=True)
     for ex in examples:
         stats.rows += 1
-        context, response = format_example(ex.prompt, ex.response, system)
-        ctx_ids = tokenizer.text_to_ids(context)
-        resp_ids = tokenizer.text_to_ids(response)
-        ids = ctx_ids + resp_ids
-        if len(ids) > max_length:
+        ids = formatter.ids(ex)
+        full = len(ids)
+        if full > max_length:
             if overlength == "drop":
                 stats.skipped["overlength"] += 1
                 continue
-            ids = ids[len(ids) - max_length:]
+            ids = ids[full - max_length:]
             stats.truncated += 1
         tokens.append(np.asarray(ids, dtype=np.int32))
         labels.append([ex.labels.get(a, math.nan) for a in attributes])
         pair_ids.append(ex.pair_id)
+        full_lengths.append(full)
         stats.used += 1
     labels = np.asarray(labels, dtype=np.float32).reshape(len(tokens), len(attributes))
-    return RewardDataset(tokens, labels, np.asarray(pair_ids, dtype=np.int64), attributes), stats
+    ds = RewardDataset(tokens, labels, np.asarray(pair_ids, dtype=np.int64), attributes,
+                       full_lengths=np.asarray(full_lengths, dtype=np.int64))
+    return ds, stats
 
 
 def pad_length(longest: int, multiple: int) -> int:

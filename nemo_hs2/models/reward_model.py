@@ -71,6 +71,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         self.bt_weights = torch.tensor(resolve_weights(bt_reward, self.attributes), dtype=torch.float32)
         self.bt_loss_weight = float(reg.get("bt_loss_weight", 1.0))
         self._validation_outputs: list[dict[str, torch.Tensor]] | None = None
+        self.last_loss = 0.0  # of the latest get_loss_and_metrics, on every rank (for the non-finite guard)
 
     # ------------------------------------------------------------------------------------------ batches
     def _micro_batches(self, batch, num_microbatches: int, trim: bool):
@@ -78,6 +79,9 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         if rows % num_microbatches:
             raise ValueError(f"{rows} rows cannot be split into {num_microbatches} micro-batches")
         size = rows // num_microbatches
+        if self.loss_name != "regression" and size % 2:
+            raise ValueError(f"a Bradley-Terry micro-batch needs whole pairs, got {size} rows: train on "
+                             "data=*_preference, where micro_batch_size counts pairs")
         out = []
         for start in range(0, rows, size):
             mb = {k: v[start : start + size] for k, v in batch.items() if k in _STEP_KEYS}
@@ -188,9 +192,54 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         values = values if reduced else torch.zeros(int(size), dtype=torch.float32, device=values.device)
         torch.distributed.broadcast(values, get_last_rank())
         metrics = {"loss": float(values[0])}
+        self.last_loss = metrics["loss"]
         if len(names) == int(size):
             metrics.update({n: float(v) for n, v in zip(names[1:], values[1:].tolist())})
         return metrics["loss"], metrics
+
+    # ------------------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(self, batch) -> torch.Tensor:
+        """Per-attribute predictions ``[rows, attributes]`` (fp32) for a collated batch, on every rank.
+
+        Every rank of the model-parallel group must pass the same batch. Rows are run in micro-batches of
+        ``forward_micro_batch_size``; the last one is filled up with copies of the last row, whose outputs are dropped.
+        """
+        rows = batch["inputs"].shape[0]
+        mbs = min(int(self.forward_micro_batch_size), rows)
+        count = -(-rows // mbs)
+        fill = count * mbs - rows
+        fields = {k: torch.cat([batch[k], batch[k][-1:].expand(fill, *batch[k].shape[1:])]) if fill else batch[k]
+                  for k in ("inputs", "lengths", "position_ids")}
+        micro_batches = [{k: v[i * mbs:(i + 1) * mbs] for k, v in fields.items()} for i in range(count)]
+
+        def forward_step(data_iter, model):
+            mb = {k: v.cuda(non_blocking=True) for k, v in next(data_iter).items()}
+            width = mb["inputs"].shape[1]
+            causal = torch.ones(1, 1, width, width, dtype=torch.bool, device=mb["inputs"].device).tril_()
+            out = model(input_ids=mb["inputs"], lengths=mb["lengths"], position_ids=mb["position_ids"],
+                        attention_mask=~causal, labels=None)
+            if not parallel_state.is_pipeline_last_stage():
+                out = out.to(dtype=self.autocast_dtype)
+            return out, lambda output, non_loss_data=True: output.float()
+
+        self.prepare_for_inference()
+        try:
+            set_sync_funcs(self, forward_only=True)
+            outputs = get_forward_backward_func()(
+                forward_step_func=forward_step, data_iterator=self._make_data_iterator_list(iter(micro_batches)),
+                model=self.model, num_microbatches=count, forward_only=True, seq_length=fields["inputs"].shape[1],
+                micro_batch_size=mbs, collect_non_loss_data=True)
+        finally:
+            self.finish_inference()
+        if parallel_state.is_pipeline_last_stage():
+            pred = torch.cat(outputs)[:rows].float().contiguous()
+        else:  # the shape is known everywhere, so one broadcast from the last stage suffices
+            pred = torch.empty(rows, len(self.attributes), dtype=torch.float32, device=torch.cuda.current_device())
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            torch.distributed.broadcast(pred, parallel_state.get_pipeline_model_parallel_last_rank(),
+                                        group=parallel_state.get_pipeline_model_parallel_group())
+        return pred
 
     # ------------------------------------------------------------------------------------------ validation
     def start_validation_collection(self):

@@ -64,8 +64,11 @@ def main():
     from megatron.core import parallel_state as ps
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
 
-    from nemo_hs2.data.dataset import Collator
+    from nemo_hs2.data.dataset import Collator, tokenize_examples
+    from nemo_hs2.data.demo import demo_examples
+    from nemo_hs2.inference import RewardScorer
     from nemo_hs2.models.reward_model import AttributeRewardModel
+    from nemo_hs2.reward import combine, resolve_weights
 
     with open_dict(cfg):
         cfg.exp_manager = None
@@ -127,10 +130,32 @@ def main():
         outputs[loss_name] = {"val_loss": val_loss, "train_loss": train_loss, "grads": grads,
                               "pred": None if arrays is None else arrays["pred"]}
 
-    result = {"layout": {"tp": tp, "pp": pp, "dp": dp}}
+    # Inference API: conversations through the same template/tokenizer as training, in odd-sized batches.
+    examples = demo_examples(5, seed=3, split="validation")[:9]
+    conversations = [[{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.response}]
+                     for e in examples]
+    scores = {bs: RewardScorer(model, batch_size=bs, system="S", max_length=int(cfg.data.seq_length))
+              .score(conversations) for bs in (2, 9)}
+    scored = {bs: np.array([[r["attributes"][a] for a in attributes] for r in res]) for bs, res in scores.items()}
+    reward_gap = max(abs(r["reward"] - float(combine(np.array([r["attributes"][a] for a in attributes]),
+                                                     resolve_weights("nemotron_340b", attributes))))
+                     for r in scores[9])
+    training_path_gap = None
+    if args.save:  # the same rows through the training data path and the validation forward
+        ds, _ = tokenize_examples(examples[:8], model.tokenizer, attributes, max_length=int(cfg.data.seq_length),
+                                  system="S")
+        vbatch = Collator(pad_id=model.tokenizer.eos_id)([ds[i] for i in range(8)])
+        model.loss_name = "regression"
+        model.start_validation_collection()
+        model.get_loss_and_metrics(vbatch, forward_only=True)
+        training_path_gap = float(np.abs(model.finish_validation_collection()["pred"] - scored[9][:8]).max())
+
+    result = {"layout": {"tp": tp, "pp": pp, "dp": dp},
+              "inference": {"batch_size_gap": float(np.abs(scored[2] - scored[9]).max()), "reward_gap": reward_gap,
+                            "training_path_gap": training_path_gap}}
     if args.save:
         torch.save({"weights": {k: v.detach().clone() for k, v in module.state_dict().items()
-                                if "_extra_state" not in k}, "outputs": outputs}, args.save)
+                                if "_extra_state" not in k}, "outputs": outputs, "scored": scored[9]}, args.save)
         result["losses"] = {k: v["train_loss"] for k, v in outputs.items()}
     else:
         diffs = {}
@@ -142,6 +167,7 @@ def main():
                 diffs[f"{loss_name}/pred"] = float(np.abs(out["pred"] - want["pred"]).max())
             for name, g in out["grads"].items():
                 diffs[f"{loss_name}/grad:{name}"] = float((g - shard(name, want["grads"][name], g.shape)).abs().max())
+        diffs["inference/pred"] = float(np.abs(scored[9] - ref["scored"]).max())
         result["diffs"] = diffs
     gathered = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, result)

@@ -1,0 +1,40 @@
+"""Validate, tokenize and cache the data a training config names, and report on it, without building a model.
+
+    python examples/prepare_data.py data=helpsteer2 data.train_file=train.jsonl.gz \
+        data.validation_file=validation.jsonl.gz output_dir=results/hs2_data
+
+Composes conf/train_reward_model.yaml (through conf/prepare_data.yaml), so every data, model.tokenizer and
+model.encoder_seq_length override means what it means for training, and a later training run with the same
+settings reads the cache instead of tokenizing. Writes OUTPUT_DIR/data_report.json and prints a summary.
+"""
+
+import sys
+
+import hydra
+from omegaconf import OmegaConf
+
+OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
+OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+
+
+@hydra.main(config_path="../conf", config_name="prepare_data", version_base="1.3")
+def main(cfg) -> None:
+    from nemo_hs2.data.build import build_tokenizer, prepare, validate
+    from nemo_hs2.data.report import format_report
+    from nemo_hs2.data.sources import BadRowError, HubUnavailableError
+
+    try:
+        # Rows first: a bad row is reported in a second or two, before NeMo (and its tokenizers) is imported.
+        loaded = validate(cfg.data)
+        tokenizer = build_tokenizer(cfg.model.tokenizer)
+        report = prepare(cfg.data, tokenizer, int(cfg.data.seq_length), cfg.output_dir, progress=True,
+                         loaded=loaded)
+    except (BadRowError, HubUnavailableError, FileNotFoundError, ValueError) as e:
+        print(f"prepare_data: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(format_report(report))
+    print(f"\nwrote {cfg.output_dir}/data_report.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Plan, then submit: runs examples/plan.py on the same overrides (a config that breaks a rule or does not fit
+# is refused here, on the login node), then sbatch's examples/slurm/train_rm.sbatch with the planned layout.
+#
+#   examples/slurm/submit.sh --image IMAGE --results DIR [options] [--] OVERRIDES...
+#   examples/slurm/submit.sh --image /shared/nemo_hs2.sqsh --results /shared/results \
+#       --mounts /shared/models:/models,/shared/data:/data \
+#       +recipe=hs2_llama3_70b init.restore_from_path=/models/llama-3-70b.nemo \
+#       data.train_file=/data/helpsteer2/train.jsonl.gz data.validation_file=/data/helpsteer2/validation.jsonl.gz
+#
+# Options (or the environment variable in brackets):
+#   --image IMAGE        container image for srun --container-image [NEMO_HS2_IMAGE]
+#   --results DIR        shared host directory for results and logs, mounted at /results [NEMO_HS2_RESULTS]
+#   --mounts LIST        more container mounts host:container[,...] (models, data, HF cache) [NEMO_HS2_MOUNTS]
+#   --time [D-]HH:MM:SS  time limit of each job; the run is requeued until it finishes [04:00:00]
+#   --stop-before MIN    stop training (and checkpoint) MIN minutes before the limit [45]; it must cover the
+#                        model load, since the training timer starts after it
+#   --account A, --partition P, --qos Q, --sbatch-arg ARG (repeatable): passed to sbatch
+#   --dry-run            plan and print the sbatch command; submit nothing
+# Planner options (plan.KEY=VALUE, e.g. plan.gpu_memory_gb=141 on H200) go to the planner and, as ++plan.KEY,
+# to training, which applies the same checks at start-up.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+image=${NEMO_HS2_IMAGE:-}
+results=${NEMO_HS2_RESULTS:-}
+mounts=${NEMO_HS2_MOUNTS:-}
+time_limit=04:00:00
+stop_before=45
+dry_run=0
+sbatch_args=()
+overrides=()
+
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "submit: $*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --image) image=${2:?}; shift 2 ;;
+    --image=*) image=${1#*=}; shift ;;
+    --results) results=${2:?}; shift 2 ;;
+    --results=*) results=${1#*=}; shift ;;
+    --mounts) mounts=${2:?}; shift 2 ;;
+    --mounts=*) mounts=${1#*=}; shift ;;
+    --time) time_limit=${2:?}; shift 2 ;;
+    --time=*) time_limit=${1#*=}; shift ;;
+    --stop-before) stop_before=${2:?}; shift 2 ;;
+    --stop-before=*) stop_before=${1#*=}; shift ;;
+    --account|--partition|--qos) sbatch_args+=("$1=${2:?}"); shift 2 ;;
+    --account=*|--partition=*|--qos=*) sbatch_args+=("$1"); shift ;;
+    --sbatch-arg) sbatch_args+=("${2:?}"); shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    --) shift; overrides+=("$@"); break ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *) overrides+=("$1"); shift ;;
+  esac
+done
+[ -n "$image" ] || die "--image (or NEMO_HS2_IMAGE) is required"
+[ -n "$results" ] || die "--results (or NEMO_HS2_RESULTS) is required"
+case "$results" in /*) ;; *) die "--results must be an absolute path on shared storage" ;; esac
+
+# [D-]HH:MM:SS -> seconds
+to_seconds() {
+  local t=$1 days=0 h m s
+  if [[ $t == *-* ]]; then days=${t%%-*}; t=${t#*-}; fi
+  IFS=: read -r h m s <<<"$t"
+  [[ $days =~ ^[0-9]+$ && $h =~ ^[0-9]+$ && $m =~ ^[0-9]+$ && $s =~ ^[0-9]+$ ]] \
+    || die "--time must be [D-]HH:MM:SS, got $1"
+  echo $(( ((10#$days * 24 + 10#$h) * 60 + 10#$m) * 60 + 10#$s ))
+}
+limit_s=$(to_seconds "$time_limit")
+[[ $stop_before =~ ^[0-9]+$ ]] || die "--stop-before takes minutes"
+budget_s=$(( limit_s - stop_before * 60 ))
+[ "$budget_s" -ge 600 ] || die "--time $time_limit leaves less than 10 minutes of training after --stop-before $stop_before"
+max_time=$(printf '%02d:%02d:%02d:%02d' $((budget_s / 86400)) $((budget_s % 86400 / 3600)) \
+  $((budget_s % 3600 / 60)) $((budget_s % 60)))
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  if [ -x "$repo/.venv/bin/python" ]; then python="$repo/.venv/bin/python"; else python=python3; fi
+fi
+
+# Planner first. plan.* options go to it as given; training gets them as ++plan.* (they are not in its config).
+train_overrides=()
+for o in "${overrides[@]}"; do
+  bare=${o#++}; bare=${bare#+}
+  case "$bare" in
+    plan.format=*|plan.json_out=*|plan.strict=*) ;;
+    plan.*=*) train_overrides+=("++$bare") ;;
+    *) train_overrides+=("$o") ;;
+  esac
+done
+plan_json=$(mktemp)
+trap 'rm -f "$plan_json"' EXIT
+set +e
+"$python" "$repo/examples/plan.py" "${overrides[@]}" plan.strict=true "plan.json_out=$plan_json"
+rc=$?
+set -e
+if [ "$rc" -ne 0 ]; then
+  echo "submit: the planner refused this config (above); nothing was submitted" >&2
+  exit "$rc"
+fi
+
+read -r name nodes gpus tp pp accelerator < <("$python" - "$plan_json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+L = p["layout"]
+print(p["run"]["name"], L["nodes"], L["gpus_per_node"], L["tp"], L["pp"], L["accelerator"])
+PY
+)
+[ "$accelerator" = gpu ] || die "trainer.accelerator=$accelerator: use trainer=gpu or a +recipe=..."
+
+has_override() { local o; for o in "${overrides[@]}"; do case "${o#+}" in "$1"=*|"+$1"=*) return 0 ;; esac; done; return 1; }
+train_overrides+=("trainer.num_nodes=$nodes" "trainer.devices=$gpus"
+                  "model.tensor_model_parallel_size=$tp" "model.pipeline_model_parallel_size=$pp")
+has_override exp_manager.explicit_log_dir || train_overrides+=("exp_manager.explicit_log_dir=/results/$name")
+has_override exp_manager.max_time_per_run || train_overrides+=("exp_manager.max_time_per_run=$max_time")
+
+log_dir="$results/$name"
+cmd=(sbatch --nodes="$nodes" --ntasks-per-node="$gpus" --gpus-per-node="$gpus" --time="$time_limit"
+     --job-name="hs2-$name" --dependency=singleton --output="$log_dir/slurm-%j.out" --open-mode=append
+     --requeue --signal=B:USR1@300 --export=ALL "${sbatch_args[@]}"
+     "$here/train_rm.sbatch" "${train_overrides[@]}")
+
+export NEMO_HS2_IMAGE="$image" NEMO_HS2_RESULTS="$results" NEMO_HS2_MOUNTS="$mounts" NEMO_HS2_RUN="$name"
+echo
+echo "submit: $nodes node(s) x $gpus GPU(s), TP $tp x PP $pp, results $log_dir (in the container /results/$name)"
+if [ "$dry_run" = 1 ]; then
+  printf 'NEMO_HS2_IMAGE=%q NEMO_HS2_RESULTS=%q NEMO_HS2_MOUNTS=%q NEMO_HS2_RUN=%q \\\n  ' \
+    "$image" "$results" "$mounts" "$name"
+  printf '%q ' "${cmd[@]}"
+  echo
+  exit 0
+fi
+mkdir -p "$log_dir"
+cp "$plan_json" "$log_dir/plan.json"
+out=$("${cmd[@]}")
+echo "$out"
+job=${out##* }
+echo "submit: watch   tail -f $log_dir/slurm-$job.out    squeue -j $job    (plan: $log_dir/plan.json)"

@@ -1,0 +1,72 @@
+"""Score conversations with a trained reward model: per-attribute predictions and the weighted reward.
+
+Used by evaluation and serving. Conversations are lists of ``{"role", "content"}`` turns (roles ``system``,
+``user``, ``assistant``) ending with the assistant response to be scored; they are formatted with the same
+template and truncation as training, so a row scores the same here as in validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from nemo_hs2.data.dataset import Collator
+from nemo_hs2.data.template import DEFAULT_SYSTEM, Turn, format_context, format_response
+from nemo_hs2.reward import combine, resolve_weights
+
+_ROLES = {"user": "User", "assistant": "Assistant"}
+
+
+def conversation_to_text(conversation: Sequence[Mapping[str, str]], system: str = DEFAULT_SYSTEM) -> tuple[str, str]:
+    """(context, response) in the SteerLM template; the last turn must be the assistant's."""
+    turns = list(conversation)
+    if not turns:
+        raise ValueError("empty conversation")
+    for i, t in enumerate(turns):
+        if not isinstance(t, Mapping) or not isinstance(t.get("content"), str) or "role" not in t:
+            raise ValueError(f"turn {i}: expected {{'role': ..., 'content': str}}")
+    if turns[0]["role"] == "system":
+        system, turns = turns[0]["content"], turns[1:]
+    if not turns or turns[-1]["role"] != "assistant":
+        raise ValueError("the last turn must be the assistant response to score")
+    expected = ["user", "assistant"]
+    for i, t in enumerate(turns):
+        if t["role"] != expected[i % 2]:
+            raise ValueError(f"turn {i}: role '{t['role']}' where '{expected[i % 2]}' was expected "
+                             "(user and assistant turns alternate, starting with the user)")
+    context = format_context([Turn(_ROLES[t["role"]], t["content"]) for t in turns[:-1]], system)
+    return context, format_response(turns[-1]["content"])
+
+
+class RewardScorer:
+    """Batched scoring with an ``AttributeRewardModel`` (every model-parallel rank calls ``score`` alike)."""
+
+    def __init__(self, model, weights="nemotron_340b", batch_size: int = 8, system: str | None = None,
+                 max_length: int | None = None, pad_to_multiple: int = 8):
+        self.model = model
+        self.attributes = tuple(model.attributes)
+        self.weights = resolve_weights(weights, self.attributes)
+        self.batch_size = int(batch_size)
+        if system is None:  # the prompt the model was trained with travels in its config
+            system = model.cfg.get("system_prompt")
+        self.system = DEFAULT_SYSTEM if system is None else system
+        self.max_length = int(max_length or model.cfg.encoder_seq_length)
+        self.collate = Collator(model.tokenizer.eos_id, pad_to_multiple)
+
+    def tokenize(self, conversation) -> np.ndarray:
+        context, response = conversation_to_text(conversation, self.system)
+        ids = self.model.tokenizer.text_to_ids(context) + self.model.tokenizer.text_to_ids(response)
+        return np.asarray(ids[-self.max_length:], dtype=np.int32)  # keep the end, where the reward is read
+
+    def score(self, conversations) -> list[dict]:
+        results = []
+        empty = np.full(len(self.attributes), np.nan, np.float32)
+        for start in range(0, len(conversations), self.batch_size):
+            chunk = conversations[start:start + self.batch_size]
+            batch = self.collate([{"tokens": self.tokenize(c), "labels": empty, "pair_id": -1} for c in chunk])
+            pred = self.model.predict(batch).cpu().numpy().astype(np.float64)
+            for row in pred:
+                results.append({"attributes": dict(zip(self.attributes, row.tolist())),
+                                "reward": float(combine(row, self.weights))})
+        return results

@@ -1,0 +1,160 @@
+"""When a job dies: SIGKILL + resume, pre-emption, a kill during save, a non-finite step, resume modes.
+
+Every test runs the real training entry in a subprocess (CPU, fp32, the tiny demo model).
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "examples" / "train_reward_model.py")
+FAULT = str(ROOT / "tests" / "workers" / "train_with_fault.py")
+RUN = ["data.demo.train_prompts=64", "data.demo.validation_prompts=8", "trainer.rm.max_steps=12",
+       "trainer.rm.val_check_interval=2", "trainer.rm.save_interval=2",
+       # keep the 2 newest periodic checkpoints (plus NeMo's "-last")
+       "exp_manager.checkpoint_callback_params.monitor=step", "exp_manager.checkpoint_callback_params.mode=max",
+       "exp_manager.checkpoint_callback_params.save_top_k=2"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+EXIT_PREEMPTED = 75
+
+
+def train(log_dir, *extra, script=SCRIPT, prefix=(), check=True):
+    cmd = [sys.executable, script, *prefix, *RUN, f"exp_manager.explicit_log_dir={log_dir}", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def checkpoints(log_dir):
+    d = Path(log_dir) / "checkpoints"
+    return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+
+def last_checkpoint(log_dir):
+    (last,) = [p for p in checkpoints(log_dir) if p.endswith("-last")]
+    return Path(log_dir) / "checkpoints" / last
+
+
+def weights(ckpt_dir, tmp_path):
+    """The model weights of a dist-ckpt directory, read without a process group."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = tmp_path / f"{ckpt_dir.parent.parent.name}.pt"
+    dcp_to_torch_save(str(ckpt_dir), str(out))
+    state = torch.load(out, weights_only=False)
+    return {k: v for k, v in state.items() if torch.is_tensor(v) and not k.startswith("optimizer")}
+
+
+def history(log_dir):
+    doc = json.loads((Path(log_dir) / "metrics.json").read_text())
+    losses = [(r["step"], r["loss"]) for r in doc["train_history"]]
+    val = [(r["step"], r["mse"], r.get("pairwise_acc/reward")) for r in doc["validation_history"]]
+    return doc, losses, val
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("uninterrupted")
+    train(log_dir)
+    return log_dir
+
+
+def test_keep_last_k(uninterrupted):
+    names = checkpoints(uninterrupted)
+    periodic = [n for n in names if not n.endswith("-last")]
+    assert len(periodic) == 2 and all("step=10" in n or "step=12" in n for n in periodic), names
+
+
+def test_sigkill_at_a_random_step_then_resume_matches(uninterrupted, tmp_path):
+    log_dir = tmp_path / "killed"
+    cmd = [sys.executable, SCRIPT, *RUN, f"exp_manager.explicit_log_dir={log_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not any(n.endswith("-last") for n in checkpoints(log_dir)):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.2)
+    time.sleep(random.uniform(0.0, 2.0))  # somewhere between checkpoints, maybe mid-save
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((log_dir / "metrics.json").read_text())["validation_history"][-1]["step"]
+    assert killed_at < 12, "the kill came too late to test anything"
+
+    train(log_dir)  # the same command again
+    doc, losses, val = history(log_dir)
+    ref_doc, ref_losses, ref_val = history(uninterrupted)
+    assert doc["steps"] == 12 and [s for s, _ in losses] == list(range(12))
+    # CPU fp32 with the same data order, optimizer state and LR schedule: bit-for-bit.
+    assert losses == ref_losses
+    assert val == ref_val
+    a, b = weights(last_checkpoint(log_dir), tmp_path), weights(last_checkpoint(uninterrupted), tmp_path)
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_preemption_signal_saves_and_exits_for_requeue(uninterrupted, tmp_path):
+    log_dir = tmp_path / "preempted"
+    cmd = [sys.executable, SCRIPT, *RUN, "trainer.rm.save_interval=12", "trainer.rm.val_check_interval=12",
+           f"exp_manager.explicit_log_dir={log_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = bytearray()
+    reader = threading.Thread(target=lambda: [seen.extend(c) for c in iter(lambda: proc.stdout.read(1), b"")],
+                              daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while b"Training steps" not in seen:  # tqdm's bar: the training loop has started
+        assert proc.poll() is None and time.time() < deadline, bytes(seen[-3000:]).decode(errors="replace")
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    reader.join(timeout=10)
+    assert proc.returncode == EXIT_PREEMPTED
+    doc = json.loads((log_dir / "metrics.json").read_text())
+    assert doc["preempted"] is True and 0 < doc["steps"] < 12
+    assert any(f"step={doc['steps']}-" in n and n.endswith("-last") for n in checkpoints(log_dir))
+
+    train(log_dir, "trainer.rm.save_interval=12", "trainer.rm.val_check_interval=12")  # requeued
+    doc, losses, _ = history(log_dir)
+    assert doc["steps"] == 12 and not doc["preempted"]
+    assert losses == history(uninterrupted)[1]
+
+
+def test_kill_during_save_falls_back_to_the_previous_checkpoint(uninterrupted, tmp_path):
+    log_dir = tmp_path / "save_killed"
+    proc = train(log_dir, script=FAULT, prefix=["kill_during_save", "6"], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    names = checkpoints(log_dir)
+    assert (log_dir / "checkpoints" / [n for n in names if "step=6-" in n and n.endswith("-last")][0]).is_dir()
+    assert any(p.name.endswith("-unfinished") for p in (log_dir / "checkpoints").iterdir())
+
+    proc = train(log_dir)
+    assert "was not finished" in proc.stdout + proc.stderr
+    assert "step=4-" in proc.stdout + proc.stderr  # resumed from the last complete checkpoint
+    assert history(log_dir)[1] == history(uninterrupted)[1]
+    assert any(".incomplete-" in p.name for p in (log_dir / "checkpoints").iterdir())
+
+
+def test_nan_stops_the_run_without_checkpointing_it(tmp_path):
+    proc = train(tmp_path, "trainer.rm.val_check_interval=0", script=FAULT, prefix=["nan", "3"], check=False)
+    assert proc.returncode != 0
+    assert "step 3: non-finite loss" in proc.stderr
+    names = checkpoints(tmp_path)
+    assert names and all("step=2-" in n for n in names), names
+
+
+def test_resume_required_without_a_checkpoint_is_an_error(tmp_path):
+    proc = train(tmp_path / "typo", "resume=required", check=False)
+    assert proc.returncode != 0 and "resume=required but no checkpoint" in proc.stderr
