@@ -16,6 +16,7 @@ Needs only hydra-core and omegaconf (no torch / NeMo): it runs on a login node i
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,13 +61,17 @@ def main(argv: list[str]) -> int:
     plan = planner.make_plan(cfg, options, choices=choices)
     doc = plan.to_dict()
     if options["json_out"]:
-        Path(options["json_out"]).write_text(json.dumps(doc, indent=2) + "\n")
+        Path(options["json_out"]).write_text(json.dumps(doc, indent=2, default=str) + "\n")
     if options["format"] == "json":
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(doc, indent=2, default=str))
     else:
         print(planner.format_table(plan))
     return 0 if plan.ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:  # e.g. `| head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

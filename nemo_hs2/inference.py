@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nemo_hs2.data.dataset import Collator
+from nemo_hs2.data.dataset import Collator, encoder_of
 from nemo_hs2.data.template import DEFAULT_SYSTEM, Turn, format_context, format_response
 from nemo_hs2.reward import combine, resolve_weights
 
@@ -48,15 +48,30 @@ class RewardScorer:
         self.attributes = tuple(model.attributes)
         self.weights = resolve_weights(weights, self.attributes)
         self.batch_size = int(batch_size)
-        if system is None:  # the prompt the model was trained with travels in its config
+        if system is None:  # the prompt and template the model was trained with travel in its config
             system = model.cfg.get("system_prompt")
+        self.system_given = system is not None
+        self.template = model.cfg.get("template") or "steerlm"
+        if self.template not in ("steerlm", "hf_chat"):
+            raise ValueError(f"unknown template '{self.template}' in the model config")
         self.system = DEFAULT_SYSTEM if system is None else system
+        self.encode = encoder_of(model.tokenizer)
+        if self.template == "hf_chat":
+            from nemo_hs2.data.chat_template import ChatTemplateFormat
+
+            self.chat = ChatTemplateFormat(model.tokenizer, system)
         self.max_length = int(max_length or model.cfg.encoder_seq_length)
         self.collate = Collator(model.tokenizer.eos_id, pad_to_multiple)
 
     def tokenize(self, conversation) -> np.ndarray:
-        context, response = conversation_to_text(conversation, self.system)
-        ids = self.model.tokenizer.text_to_ids(context) + self.model.tokenizer.text_to_ids(response)
+        context, response = conversation_to_text(conversation, self.system)  # also validates the turns
+        if self.template == "hf_chat":
+            messages = list(conversation)
+            if self.system_given and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": self.system}, *messages]
+            ids = self.encode(self.chat.render_messages(messages))
+        else:  # context and response apart, as nemo_hs2.data.dataset.SteerLMFormat does in training
+            ids = list(self.encode(context)) + list(self.encode(response))
         return np.asarray(ids[-self.max_length:], dtype=np.int32)  # keep the end, where the reward is read
 
     def score(self, conversations) -> list[dict]:

@@ -61,7 +61,6 @@ PLAN_DEFAULTS: dict[str, Any] = {
 HELPSTEER2_TRAIN_ROWS = 20324
 BYTE_LEVEL_VOCAB = 259        # NeMo's ByteLevelTokenizer: 256 bytes + 3 special tokens
 DISTRIBUTED_OPTIMIZERS = ("distributed_fused_adam", "mcore_distributed_optim")
-RECOMPUTE_MODES = ("none", "selective", "full")
 
 
 def _ensure_resolvers() -> None:
@@ -349,8 +348,8 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
     sched = _get(optim, "sched") if optim is not None else None
     sched_steps = _get(sched, "max_steps") if sched is not None else None
     if sched_steps is not None and sched_steps is not MISSING and int(sched_steps) <= 0:
-        err(f"model.optim.sched.max_steps = {sched_steps}: the LR schedule needs a length; set trainer.rm.max_steps "
-            "(the recipes do) or model.optim.sched.max_steps")
+        err(f"model.optim.sched.max_steps = {sched_steps}: the LR schedule needs a length (with -1 NeMo silently "
+            "builds no scheduler: no warm-up); set trainer.rm.max_steps (the recipes do) or model.optim.sched.max_steps")
     granularity = _get(m, "activations_checkpoint_granularity")
     method = _get(m, "activations_checkpoint_method")
     ckpt_layers = _get(m, "activations_checkpoint_num_layers")
@@ -424,7 +423,7 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
     p.params = {k: round(v) for k, v in counts.items()}
 
     # ---- memory ----------------------------------------------------------------------------------------------------
-    if not (tp >= 1 and pp >= 1 and layers % pp == 0):
+    if not (tp >= 1 and pp >= 1 and layers % pp == 0) or recompute not in ("none", "selective", "full"):
         return p
     precision = p.layout["precision"]
     half = precision in ("bf16", "bf16-mixed", "16", "16-mixed")
@@ -489,9 +488,12 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
         stage_name = "first" if worst is first else "last"
         err(f"does not fit: {worst['total']:.1f} GiB per GPU on the {stage_name} pipeline stage > "
             f"plan.gpu_memory_gb={opts['gpu_memory_gb']:g} (weights {worst['weights']:.1f} + gradients "
-            f"{worst['gradients']:.1f} + optimizer {worst['optimizer']:.1f} + activations ({recompute} "
-            f"recomputation) {worst['activations']:.1f} + overhead {worst['overhead']:.1f}); more PP / TP / DP "
-            "with a distributed optimizer, full recomputation or a smaller micro-batch would help")
+            f"{worst['gradients']:.1f} + optimizer {worst['optimizer']:.1f} + activations (recomputation: {recompute}"
+            f") {worst['activations']:.1f} + overhead {worst['overhead']:.1f}); try "
+            + ", ".join(([] if distributed_opt else ["a distributed optimizer (distributed_fused_adam)"])
+                        + ([] if recompute == "full" else ["full recomputation"])
+                        + ["more pipeline stages (PP)", "more data-parallel ranks to shard the optimizer"
+                           if distributed_opt else "more TP", "a smaller micro-batch"]))
 
     # ---- compute -------------------------------------------------------------------------------------------------
     seqs_step = gbs * seqs_per_sample

@@ -108,6 +108,7 @@ def run(cfg: DictConfig) -> dict:
     from nemo.utils import logging
     from nemo.utils.exp_manager import exp_manager
     from nemo_aligner.data.nlp.builders import build_dataloader
+    from nemo_aligner.utils import parallel_state
     from nemo_aligner.utils.train_script_utils import (
         CustomLoggerWrapper,
         add_custom_checkpoint_callback,
@@ -121,6 +122,7 @@ def run(cfg: DictConfig) -> dict:
     from nemo_hs2.data.build import build_datasets
     from nemo_hs2.data.dataset import Collator
     from nemo_hs2.data.preference import PairCollator, build_pair_datasets
+    from nemo_hs2.data.sampler import build_train_sampler
     from nemo_hs2.faults import FiniteStepGuard, PreemptionTimer
     from nemo_hs2.trainer import MetricsRecorder, RewardModelTrainer
 
@@ -153,9 +155,15 @@ def run(cfg: DictConfig) -> dict:
         logging.info(f"{split}: {st.rows} rows read, {st.used} used, {st.truncated} truncated, "
                      f"skipped {dict(st.skipped)}")
     gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
-    train_dl = build_dataloader(cfg=cfg, dataset=datasets["train"], consumed_samples=consumed_samples, mbs=mbs,
-                                gbs=gbs, collate_fn=collate, load_gbs=True,
-                                use_random_sampler=cfg.trainer.rm.train_random_sampler)
+    if cfg.trainer.rm.train_random_sampler:  # Megatron's random sampler, or its length-grouped subclass
+        sampler = build_train_sampler(cfg.data, datasets["train"], consumed_samples, mbs, gbs,
+                                      parallel_state.get_data_parallel_rank(),
+                                      parallel_state.get_data_parallel_world_size(), cfg.model.seed)
+        train_dl = torch.utils.data.DataLoader(datasets["train"], batch_sampler=sampler, collate_fn=collate,
+                                               num_workers=cfg.model.data.num_workers)
+    else:
+        train_dl = build_dataloader(cfg=cfg, dataset=datasets["train"], consumed_samples=consumed_samples, mbs=mbs,
+                                    gbs=gbs, collate_fn=collate, load_gbs=True, use_random_sampler=False)
     drop_last = cfg.data.get("validation_drop_last", False)
     val_dl = build_dataloader(cfg=cfg, dataset=datasets["validation"], consumed_samples=0, mbs=mbs, gbs=gbs,
                               collate_fn=collate, load_gbs=True, use_random_sampler=False, drop_last=drop_last,

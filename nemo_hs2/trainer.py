@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -89,9 +90,16 @@ class MetricsRecorder:
 
     def resume_from(self, step: int) -> None:
         """Keep the history of a previous run up to the checkpoint at ``step``; later entries will be redone."""
-        if not self.path or not os.path.exists(self.path):
+        if not self.path:
             return
-        with open(self.path) as f:
+        # exp_manager moves a resumed run's files into run_<n>/: the newest copy holds the previous history.
+        folder = os.path.dirname(self.path)
+        candidates = [self.path, *sorted(glob.glob(os.path.join(folder, "run_*", os.path.basename(self.path))),
+                                         key=os.path.getmtime, reverse=True)]
+        found = [c for c in candidates if os.path.exists(c)]
+        if not found:
+            return
+        with open(found[0]) as f:
             doc = json.load(f)
         self.train = [r for r in doc.get("train_history", []) if r["step"] < step]
         self.validation = [r for r in doc.get("validation_history", []) if r["step"] <= step]

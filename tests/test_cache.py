@@ -215,3 +215,15 @@ def test_rows_read_count_bad_rows(cfg, tmp_path):
     st = stats["train"]
     assert (st.rows, st.used, dict(st.skipped)) == (5, 4, {"malformed_json": 1})
     assert st.rows == st.used + sum(st.skipped.values())
+
+
+def test_two_writers_of_one_key_keep_one_entry(cfg):
+    """Every rank of a job may tokenize and publish at once; the first rename wins and the rest discard theirs."""
+    _, stats = build(cfg, CountingBytes())
+    path = Path(stats["train"].cache_path)
+    meta = json.loads((path / "meta.json").read_text())
+    ds, st = cache.load(path, meta["key"])
+    before = (path / "meta.json").stat().st_mtime_ns
+    assert cache.save(path, meta["key"], meta["components"], ds, st) == path
+    assert (path / "meta.json").stat().st_mtime_ns == before
+    assert not [p for p in Path(cfg.cache_dir).iterdir() if p.name.startswith(".tmp-")]

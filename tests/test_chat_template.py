@@ -119,3 +119,11 @@ def test_template_choice_is_part_of_the_cache_key(tok, tmp_path):
     tok.chat_template = LLAMA3_LIKE
     with pytest.raises(ValueError, match="data.template"):
         make_formatter(OmegaConf.create({"template": "chatml"}), tok)
+
+
+def test_inference_messages_render_as_training_rows(tok):
+    fmt = ChatTemplateFormat(tok, system="Be brief.")
+    messages = chat_messages(MULTI_TURN, "A2", "Be brief.")
+    assert fmt.render_messages(messages) == fmt.render(MULTI_TURN, "A2")
+    with pytest.raises(ValueError, match="last message"):
+        fmt.render_messages(messages[:-1])

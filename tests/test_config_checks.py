@@ -1,7 +1,6 @@
-"""Bad parallel layouts are rejected before any process group or model exists."""
+"""Bad parallel layouts are rejected before any process group or model exists (rules: nemo_hs2/planner.py)."""
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -33,6 +32,9 @@ def test_tp_pp_dp_layout():
     (["trainer.devices=2", "model.tensor_model_parallel_size=2", "model.sequence_parallel=true"], "sequence_parallel"),
     (["data.seq_length=4096"], "exceeds model.encoder_seq_length"),
     (["model.regression.loss_func=scaled_bt"], "needs preference pairs"),
+    (["trainer.devices=2", "model.tensor_model_parallel_size=2", "model.ffn_hidden_size=255"], "ffn_hidden_size (255)"),
+    (["model.make_vocab_size_divisible_by=0"], "make_vocab_size_divisible_by (0)"),
+    (["model.virtual_pipeline_model_parallel_size=2"], "virtual_pipeline_model_parallel_size (2) needs"),
 ])
 def test_bad_layouts_name_the_rule(overrides, rule):
     with pytest.raises(ConfigError) as err:
@@ -40,7 +42,15 @@ def test_bad_layouts_name_the_rule(overrides, rule):
     assert rule in str(err.value)
 
 
+def test_every_broken_rule_is_listed():
+    with pytest.raises(ConfigError) as err:
+        parallel_layout(load("trainer.devices=3", "model.tensor_model_parallel_size=2", "model.hidden_size=66"))
+    assert "not divisible by TP x PP" in str(err.value) and "hidden_size (66)" in str(err.value)
+
+
 def test_training_entry_rejects_before_any_process_group():
+    import torch
+
     from nemo_hs2.train import run
 
     cfg = load("trainer.devices=3", "model.tensor_model_parallel_size=2")

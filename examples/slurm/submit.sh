@@ -13,8 +13,10 @@
 #   --results DIR        shared host directory for results and logs, mounted at /results [NEMO_HS2_RESULTS]
 #   --mounts LIST        more container mounts host:container[,...] (models, data, HF cache) [NEMO_HS2_MOUNTS]
 #   --time [D-]HH:MM:SS  time limit of each job; the run is requeued until it finishes [04:00:00]
-#   --stop-before MIN    stop training (and checkpoint) MIN minutes before the limit [45]; it must cover the
-#                        model load, since the training timer starts after it
+#   --signal-lead MIN    SIGUSR1 reaches training MIN minutes before the limit: it checkpoints at the next step
+#                        and the job requeues itself [20]; allow a step, a validation and a checkpoint save
+#   --stop-before MIN    also stop by the training timer (exp_manager.max_time_per_run = limit - MIN), for
+#                        clusters that do not deliver --signal; the timer starts after the model load [off]
 #   --account A, --partition P, --qos Q, --sbatch-arg ARG (repeatable): passed to sbatch
 #   --dry-run            plan and print the sbatch command; submit nothing
 # Planner options (plan.KEY=VALUE, e.g. plan.gpu_memory_gb=141 on H200) go to the planner and, as ++plan.KEY,
@@ -27,12 +29,13 @@ image=${NEMO_HS2_IMAGE:-}
 results=${NEMO_HS2_RESULTS:-}
 mounts=${NEMO_HS2_MOUNTS:-}
 time_limit=04:00:00
-stop_before=45
+signal_lead=20
+stop_before=
 dry_run=0
 sbatch_args=()
 overrides=()
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "submit: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -46,6 +49,8 @@ while [ $# -gt 0 ]; do
     --mounts=*) mounts=${1#*=}; shift ;;
     --time) time_limit=${2:?}; shift 2 ;;
     --time=*) time_limit=${1#*=}; shift ;;
+    --signal-lead) signal_lead=${2:?}; shift 2 ;;
+    --signal-lead=*) signal_lead=${1#*=}; shift ;;
     --stop-before) stop_before=${2:?}; shift 2 ;;
     --stop-before=*) stop_before=${1#*=}; shift ;;
     --account|--partition|--qos) sbatch_args+=("$1=${2:?}"); shift 2 ;;
@@ -71,11 +76,16 @@ to_seconds() {
   echo $(( ((10#$days * 24 + 10#$h) * 60 + 10#$m) * 60 + 10#$s ))
 }
 limit_s=$(to_seconds "$time_limit")
-[[ $stop_before =~ ^[0-9]+$ ]] || die "--stop-before takes minutes"
-budget_s=$(( limit_s - stop_before * 60 ))
-[ "$budget_s" -ge 600 ] || die "--time $time_limit leaves less than 10 minutes of training after --stop-before $stop_before"
-max_time=$(printf '%02d:%02d:%02d:%02d' $((budget_s / 86400)) $((budget_s % 86400 / 3600)) \
-  $((budget_s % 3600 / 60)) $((budget_s % 60)))
+[[ $signal_lead =~ ^[0-9]+$ ]] || die "--signal-lead takes minutes"
+[ $(( limit_s - signal_lead * 60 )) -ge 600 ] || die "--time $time_limit leaves under 10 minutes before the signal"
+max_time=
+if [ -n "$stop_before" ]; then
+  [[ $stop_before =~ ^[0-9]+$ ]] || die "--stop-before takes minutes"
+  budget_s=$(( limit_s - stop_before * 60 ))
+  [ "$budget_s" -ge 600 ] || die "--time $time_limit leaves under 10 minutes of training after --stop-before"
+  max_time=$(printf '%02d:%02d:%02d:%02d' $((budget_s / 86400)) $((budget_s % 86400 / 3600)) \
+    $((budget_s % 3600 / 60)) $((budget_s % 60)))
+fi
 
 python=${PYTHON:-}
 if [ -z "$python" ]; then
@@ -116,12 +126,14 @@ has_override() { local o; for o in "${overrides[@]}"; do case "${o#+}" in "$1"=*
 train_overrides+=("trainer.num_nodes=$nodes" "trainer.devices=$gpus"
                   "model.tensor_model_parallel_size=$tp" "model.pipeline_model_parallel_size=$pp")
 has_override exp_manager.explicit_log_dir || train_overrides+=("exp_manager.explicit_log_dir=/results/$name")
-has_override exp_manager.max_time_per_run || train_overrides+=("exp_manager.max_time_per_run=$max_time")
+if [ -n "$max_time" ] && ! has_override exp_manager.max_time_per_run; then
+  train_overrides+=("exp_manager.max_time_per_run=$max_time")
+fi
 
 log_dir="$results/$name"
 cmd=(sbatch --nodes="$nodes" --ntasks-per-node="$gpus" --gpus-per-node="$gpus" --time="$time_limit"
-     --job-name="hs2-$name" --dependency=singleton --output="$log_dir/slurm-%j.out" --open-mode=append
-     --requeue --signal=B:USR1@300 --export=ALL "${sbatch_args[@]}"
+     --job-name="$name" --dependency=singleton --output="$log_dir/slurm-%j.out" --open-mode=append
+     --requeue --signal="USR1@$((signal_lead * 60))" --export=ALL "${sbatch_args[@]}"
      "$here/train_rm.sbatch" "${train_overrides[@]}")
 
 export NEMO_HS2_IMAGE="$image" NEMO_HS2_RESULTS="$results" NEMO_HS2_MOUNTS="$mounts" NEMO_HS2_RUN="$name"

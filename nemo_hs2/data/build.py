@@ -1,4 +1,4 @@
-"""Build the train/validation datasets a training config asks for (tokenized once, cached when data.cache_dir is set)."""
+"""Build the train/validation datasets a config asks for: tokenized once, cached when data.cache_dir is set."""
 
 from __future__ import annotations
 

@@ -46,7 +46,14 @@ class ChatTemplateFormat:
         self.system = system
 
     def render(self, prompt: str, response: str) -> str:
-        text = self.hf.apply_chat_template(chat_messages(prompt, response, self.system), tokenize=False)
+        return self.render_messages(chat_messages(prompt, response, self.system))
+
+    def render_messages(self, messages: list[dict[str, str]]) -> str:
+        """A conversation already in ``{"role", "content"}`` form (inference), ending with the rated turn."""
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError("the last message must be the assistant response to be scored")
+        response = messages[-1]["content"]
+        text = self.hf.apply_chat_template(list(messages), tokenize=False)
         # Some templates drop or rewrite a trailing assistant turn (generation-only templates) or append more text;
         # the reward would then be read somewhere other than the end of the rated response.
         rated = response.strip()
@@ -56,7 +63,10 @@ class ChatTemplateFormat:
         return text
 
     def ids(self, ex: Example) -> list[int]:
-        return list(self.hf.encode(self.render(ex.prompt, ex.response), add_special_tokens=False))
+        return self.encode(self.render(ex.prompt, ex.response))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=False))
 
     def identity(self) -> dict:
         return {"template": self.name, "system": self.system,

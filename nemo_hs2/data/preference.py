@@ -15,7 +15,6 @@ import torch
 from nemo_hs2.data.dataset import Collator, TokenizeStats, tokenize_examples
 from nemo_hs2.data.demo import demo_examples
 from nemo_hs2.data.examples import Example
-from nemo_hs2.data.template import DEFAULT_SYSTEM
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -75,8 +74,10 @@ def file_pairs(data_cfg, split: str) -> tuple[list[Example], list[float]]:
 
 
 def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
+    from nemo_hs2.data.build import make_formatter
+
     datasets, stats = {}, {}
-    system = data_cfg.get("system_prompt")
+    formatter = make_formatter(data_cfg, tokenizer)
     for split in ("train", "validation"):
         if data_cfg.get("preference_file"):
             rows, strengths = file_pairs(data_cfg, split)
@@ -84,7 +85,7 @@ def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
             rows, strengths = demo_pairs(data_cfg.demo[f"{split}_prompts"], data_cfg.demo.seed, split)
         # Both responses must survive tokenization, so over-long pairs are truncated, never dropped alone.
         ds, st = tokenize_examples(rows, tokenizer, list(data_cfg.attributes), max_length=seq_length,
-                                   overlength="truncate", system=DEFAULT_SYSTEM if system is None else system)
+                                   overlength="truncate", formatter=formatter)
         datasets[split] = PairDataset(ds, np.asarray(strengths))
         stats[split] = st if isinstance(st, TokenizeStats) else TokenizeStats()
     return datasets, stats

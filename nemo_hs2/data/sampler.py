@@ -27,8 +27,9 @@ class LengthGroupedBatchSampler(MegatronPretrainingRandomBatchSampler):
     first, ties in permutation order) and cut into global batches; then the epoch's global batches are shuffled.
     A global batch is ``dp * num_micro_batches`` consecutive micro-batches of the sorted chunk, dealt to the ranks
     in snake order (round 0: ranks 0..dp-1, round 1: dp-1..0, ...), so that the ranks of one step get rows of
-    similar lengths and similar totals and wait for each other as little as possible. Rows of the last incomplete global batch are left out of the epoch (drop_last), as the
-    stock sampler does; a different random set each epoch.
+    similar lengths and similar totals and wait for each other as little as possible. The rows that do not fill a
+    last global batch are left out of the epoch (drop_last), as the stock sampler does: a different random set
+    each epoch.
     """
 
     def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int, global_batch_size: int,

@@ -43,7 +43,8 @@ def main():
         real_remove = NeMoModelCheckpoint.remove_checkpoint_unfinished_marker
 
         def remove(checkpoint_path, barrier_before=False):
-            if f"step={step}-" in str(checkpoint_path) and str(checkpoint_path).endswith("-last"):
+            name = os.path.basename(str(checkpoint_path))
+            if f"step={step}-" in name and "-last" in name:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_remove(checkpoint_path, barrier_before)
 

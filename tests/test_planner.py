@@ -1,0 +1,245 @@
+"""The planner: presets and recipes compose, parameter counts match the published sizes, the published 70B recipe
+fits 80 GB GPUs, and configs that cannot fit or divide are refused with the rule they break. No model is built."""
+
+import copy
+import json
+import sys
+from functools import lru_cache
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nemo_hs2 import planner
+from nemo_hs2.config_checks import ConfigError, parallel_layout
+from tests.conftest import CONF_DIR, ROOT
+
+CKPT = "init.restore_from_path=/models/base.nemo"
+
+
+@lru_cache(maxsize=None)
+def load(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="train_reward_model", overrides=list(overrides))
+
+
+def preset(name):
+    return load(f"model={name}", "trainer=gpu", "data=helpsteer2", "trainer.rm.max_steps=100")
+
+
+PRESET_15B = ("model=nemotron4_15b", "trainer=gpu", "data=helpsteer2", "trainer.rm.max_steps=100")
+
+
+def edit(base: tuple, changes: dict):
+    """A composed config with dotted keys changed in place of re-composing (Hydra composition is the slow part)."""
+    cfg = copy.deepcopy(load(*base))
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def plan(*overrides, **options):
+    cfg = load(*overrides)
+    return planner.make_plan(cfg, planner.plan_options(cfg, options))
+
+
+# ------------------------------------------------------------------------------------------------ presets
+
+
+@pytest.mark.parametrize("name, published, layers, hidden, heads, groups, ffn, vocab", [
+    ("nemotron4_15b", 15.6e9, 32, 6144, 48, 8, 24576, 256000),
+    ("nemotron4_340b", 341e9, 96, 18432, 96, 8, 73728, 256000),
+    ("llama3_70b", 70.6e9, 80, 8192, 64, 8, 28672, 128256),
+    ("llama3_1_70b", 70.6e9, 80, 8192, 64, 8, 28672, 128256),
+])
+def test_preset_parameter_counts_match_published_sizes(name, published, layers, hidden, heads, groups, ffn, vocab):
+    cfg = preset(name)
+    m = cfg.model
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size) == \
+        (layers, hidden, heads, groups, ffn)
+    p = planner.make_plan(cfg)
+    c = p.params
+    assert c["lm_with_output_layer"] == pytest.approx(published, rel=0.01)  # published sizes include the LM head
+    assert c["lm_output_layer"] == vocab * hidden
+    # the reward model drops the LM output layer for a 5-output head; training still allocates it (padded)
+    assert c["reward_model"] == c["lm_with_output_layer"] - vocab * hidden + hidden * 5 + 5
+    assert c["allocated_padded"] >= c["reward_model"] + vocab * hidden
+    table = planner.format_table(p)
+    assert "LM incl. output layer (compare published sizes)" in table
+    assert "LM output layer (allocated, unused by the head)" in table
+
+
+def test_gpu_presets_are_gpu_settings():
+    m = preset("nemotron4_15b").model
+    assert (m.megatron_amp_O2, m.transformer_engine, m.precision) == (True, True, "bf16-mixed")
+    assert (m.activation, m.normalization, m.rotary_percentage, m.bias) == ("squared-relu", "layernorm1p", 0.5, False)
+    assert not m.bias_activation_fusion  # megatron-core cannot fuse squared-ReLU
+    llama = preset("llama3_1_70b").model
+    assert (llama.activation, llama.normalization, llama.rotary_base) == ("fast-swiglu", "rmsnorm", 500000)
+    assert llama.scale_positional_embedding and not preset("llama3_70b").model.scale_positional_embedding
+
+
+def test_gpu_presets_carry_every_key_of_tiny():
+    """gpu_common repeats tiny's non-architecture keys: a key added to tiny must be added there too."""
+    tiny = set(load().model.keys())
+    for name in ("nemotron4_15b", "llama3_70b"):
+        assert tiny - set(preset(name).model.keys()) == set(), name
+
+
+@pytest.mark.parametrize("name, kept", [("nemotron4_340b", "model"), ("llama3_70b", "type")])
+def test_presets_keep_the_checkpoint_tokenizer(name, kept):
+    """NeMo-Aligner merges the .nemo's model config under ours: the preset must not null the tokenizer."""
+    checkpoint = OmegaConf.create({"tokenizer": {"library": "x", "model": "nemo:abc_256k.model",
+                                                 "type": "meta-llama/Meta-Llama-3-70B"}})
+    merged = OmegaConf.merge(checkpoint, preset(name).model)
+    assert merged.tokenizer[kept] == checkpoint.tokenizer[kept]
+
+
+def test_vocab_padding():
+    assert plan("+recipe=hs2_llama3_70b", CKPT).vocab["padded"] == 129024  # 128,256 to a multiple of 128 x TP 8
+    assert plan().vocab == {"size": 259, "make_vocab_size_divisible_by": 256, "multiple": 256, "padded": 512,
+                            "dummy_rows": 253}  # NeMo's byte-level tokenizer
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+
+def test_published_70b_recipe_composes_as_published():
+    cfg = load("+recipe=hs2_llama3_70b", CKPT)
+    m, t = cfg.model, cfg.trainer
+    assert (t.num_nodes, t.devices, t.accelerator, t.precision) == (8, 8, "gpu", "bf16-mixed")
+    assert (m.tensor_model_parallel_size, m.pipeline_model_parallel_size) == (8, 2)
+    assert (m.micro_batch_size, m.global_batch_size, cfg.data.seq_length) == (2, 128, 4096)
+    assert m.optim.lr == m.optim.sched.min_lr == 2e-6 and m.optim.sched.warmup_steps == 10  # constant after warm-up
+    assert (t.rm.max_epochs, t.rm.max_steps, m.optim.sched.max_steps) == (2, 317, 317)
+    assert cfg.data.source == "files" and m.megatron_amp_O2
+    assert parallel_layout(cfg) == {"world": 64, "tp": 8, "pp": 2, "dp": 4, "num_microbatches": 16}
+
+
+def test_published_70b_recipe_fits_80gb():
+    p = plan("+recipe=hs2_llama3_70b", CKPT, gpu_memory_gb=80)
+    assert p.ok and p.memory["fits"] and p.memory["checked"]
+    assert 40 < p.memory["peak"] <= 80
+    first = p.memory["first_stage"]
+    # the distributed optimizer and full recomputation are what make it fit
+    assert first["optimizer_plain"] == pytest.approx(4 * first["optimizer_distributed"])
+    assert first["activations_full"] < first["activations_selective"] <= first["activations_none"]
+    assert p.compute["steps"] == 316 and p.compute["tokens_per_step"] == 128 * 4096
+    assert p.compute["step_time_s"] > 0 and p.compute["model_flops_per_step"] > 1e17
+
+
+@pytest.mark.parametrize("recipe, nodes, tp, pp", [
+    ("hs2_nemotron4_15b", 1, 4, 1),
+    ("hs2_nemotron4_340b", 24, 8, 24),
+    ("hs2p_llama3_1_70b_helpfulness", 8, 8, 2),
+    ("hs2p_llama3_1_70b_scaled_bt", 4, 8, 4),
+])
+def test_every_recipe_fits_80gb(recipe, nodes, tp, pp):
+    p = plan(f"+recipe={recipe}", CKPT)
+    assert p.ok, p.errors
+    assert (p.layout["nodes"], p.layout["tp"], p.layout["pp"]) == (nodes, tp, pp)
+    assert p.memory["fits"] and p.memory["peak"] <= 80
+
+
+def test_preference_recipe_counts_pairs():
+    cfg = load("+recipe=hs2p_llama3_1_70b_scaled_bt", CKPT)
+    assert cfg.model.regression.loss_func == "scaled_bt" and cfg.init.mode == "reward_model"
+    p = planner.make_plan(cfg)
+    assert p.layout["samples_are"] == "pairs" and p.layout["sequences_per_micro_batch"] == 2
+    assert p.compute["tokens_per_step"] == 64 * 2 * 4096
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+def test_340b_on_12_nodes_does_not_fit():
+    cfg = edit(("+recipe=hs2_nemotron4_340b", CKPT),
+               {"trainer.num_nodes": 12, "model.pipeline_model_parallel_size": 12})
+    with pytest.raises(ConfigError) as err:
+        parallel_layout(cfg)
+    assert "does not fit" in str(err.value) and "plan.gpu_memory_gb=80" in str(err.value)
+    # ... but it does on 141 GiB GPUs (H200)
+    assert planner.make_plan(cfg, planner.plan_options(cfg, {"gpu_memory_gb": 141})).ok
+
+
+def test_memory_is_checked_only_on_gpu():
+    assert parallel_layout(load("++plan.gpu_memory_gb=0.001"))["world"] == 1  # CPU demo: no memory check
+    with pytest.raises(ConfigError, match="does not fit"):
+        parallel_layout(edit((), {"plan.gpu_memory_gb": 0.001, "trainer.accelerator": "gpu"}))
+
+
+@pytest.mark.parametrize("changes, rule", [
+    ({"model.pipeline_model_parallel_size": 3}, "num_layers (80) must be divisible by pipeline_model_parallel_size"),
+    ({"model.tensor_model_parallel_size": 16, "trainer.num_nodes": 16}, "num_query_groups (8) must be divisible"),
+    ({"model.global_batch_size": 100}, "global_batch_size (100) must be divisible by micro_batch_size x DP = 2 x 4"),
+    ({"trainer.devices": 7}, "not divisible by TP x PP = 8 x 2"),
+    ({"model.virtual_pipeline_model_parallel_size": 3}, "PP x virtual PP = 2 x 3"),
+    ({"model.virtual_pipeline_model_parallel_size": 5, "model.global_batch_size": 120}, "multiple of"),
+    ({"model.context_parallel_size": 2, "trainer.num_nodes": 16}, "context_parallel_size (2)"),
+    ({"model.sequence_parallel": True}, "sequence parallelism leaves split"),
+    ({"model.activations_checkpoint_method": None}, "granularity=full needs"),
+    ({"trainer.rm.max_steps": -1}, "the LR schedule needs a length"),
+    ({"model.make_vocab_size_divisible_by": 0}, "make_vocab_size_divisible_by (0)"),
+    ({"model.micro_batch_size": 8}, "does not fit"),
+])
+def test_bad_70b_configs_name_the_rule(changes, rule):
+    with pytest.raises(ConfigError) as err:
+        parallel_layout(edit(("+recipe=hs2_llama3_70b", CKPT), changes))
+    assert rule in str(err.value)
+
+
+@pytest.mark.parametrize("cfg, rule", [
+    (lambda: edit(PRESET_15B, {"init.restore_from_path": "/x.nemo", "model.bias_activation_fusion": True}),
+     "fuses only gelu and swiglu"),
+    (lambda: edit((), {"model.optim.name": "distributed_fused_adam"}), "needs NVIDIA apex"),
+    (lambda: load("+recipe=hs2_llama3_70b"), "init.restore_from_path is not set"),
+    (lambda: load(*PRESET_15B), "model.tokenizer (sentencepiece) names no"),
+])
+def test_other_rules(cfg, rule):
+    with pytest.raises(ConfigError) as err:
+        parallel_layout(cfg())
+    assert rule in str(err.value)
+
+
+def test_run_readiness_is_a_note_for_the_planner_and_an_error_for_training():
+    p = plan("+recipe=hs2_llama3_70b")
+    assert p.ok and any("init.restore_from_path" in n for n in p.notes)
+    assert not plan("+recipe=hs2_llama3_70b", strict=True).ok
+
+
+# ------------------------------------------------------------------------------------------------ the formula
+
+
+def test_activation_formula_reproduces_korthikanti_table_2():
+    """GPT (4h MLP, multi-head attention): per-layer activations of Korthikanti et al. 2022, table 2."""
+    s, b, h, a, t = 2048, 1, 12288, 96, 8
+    gpt = planner.Arch(layers=1, hidden=h, ffn=4 * h, heads=a, groups=a, head_dim=h // a, vocab=None,
+                       padded_vocab=None, gated=False, norm=2 * h, bias=True, learned_pos=0, attributes=1)
+    act = lambda **kw: planner.activation_bytes_per_layer(gpt, seq=s, seqs=b, tp=t, **kw)  # noqa: E731
+    assert act(sp=False, keep_scores=True) == pytest.approx(s * b * h * (10 + 24 / t + 5 * a * s / (h * t)))
+    assert act(sp=True, keep_scores=True) == pytest.approx(s * b * h / t * (34 + 5 * a * s / h))
+    assert act(sp=False, keep_scores=False) == pytest.approx(s * b * h * (10 + 24 / t))  # selective
+    assert act(sp=True, keep_scores=False) == pytest.approx(34 * s * b * h / t)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def test_plan_cli_prints_a_table_and_json(capsys, tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import plan as plan_cli
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    out = tmp_path / "plan.json"
+    assert plan_cli.main(["+recipe=hs2_llama3_70b", "plan.format=json", f"plan.json_out={out}"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == json.loads(out.read_text())
+    assert doc["ok"] and doc["choices"]["model"] == "llama3_70b" and doc["layout"]["dp"] == 4
+    assert doc["memory"]["fits"] and doc["run"]["name"] == "hs2_llama3_70b"
+
+    assert plan_cli.main(["+recipe=hs2_llama3_70b", "model.pipeline_model_parallel_size=3"]) == 1
+    table = capsys.readouterr().out
+    assert "checks: FAILED" in table and "num_layers (80)" in table
+    assert plan_cli.main(["model=no_such_preset"]) == 2
+    assert plan_cli.main(["plan.nonsense=1"]) == 2
