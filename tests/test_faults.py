@@ -30,7 +30,7 @@ EXIT_PREEMPTED = 75
 
 def train(log_dir, *extra, script=SCRIPT, prefix=(), check=True):
     cmd = [sys.executable, script, *prefix, *RUN, f"exp_manager.explicit_log_dir={log_dir}", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600, start_new_session=True)
     if check:
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
     return proc

@@ -38,6 +38,13 @@ def reference(tmp_path_factory):
     return ref, tmp, result
 
 
+def test_dynamic_padding_matches_full_padding(reference):
+    """Rows cut to the batch's longest row give NeMo-Aligner's full-seq_length outputs and loss."""
+    padding = reference[2]["padding"]
+    assert padding["widths"][0] < padding["widths"][1] == 64  # really less padding
+    assert padding["pred_gap"] <= TOL and padding["loss_gap"] <= TOL
+
+
 def test_inference_api_matches_the_training_path(reference):
     """RewardScorer formats and tokenizes like training: same rows give the validation forward's predictions."""
     inference = reference[2]["inference"]

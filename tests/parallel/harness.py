@@ -150,7 +150,23 @@ def main():
         model.get_loss_and_metrics(vbatch, forward_only=True)
         training_path_gap = float(np.abs(model.finish_validation_collection()["pred"] - scored[9][:8]).max())
 
-    result = {"layout": {"tp": tp, "pp": pp, "dp": dp},
+    padding = None
+    if args.save:  # dynamic padding vs NeMo-Aligner's stock layout (every row padded to seq_length)
+        seq = int(cfg.data.seq_length)
+        model.loss_name = "regression"
+        got = {}
+        for name, multiple in (("dynamic", 8), ("full", seq)):
+            model.pad_to_multiple = multiple
+            b = Collator(pad_id=0, pad_to_multiple=multiple)(mine)
+            model.start_validation_collection()
+            loss, _ = model.get_loss_and_metrics(b, forward_only=True)
+            got[name] = (loss, model.finish_validation_collection()["pred"], b["inputs"].shape[1])
+        model.pad_to_multiple = 8
+        padding = {"loss_gap": abs(got["dynamic"][0] - got["full"][0]),
+                   "pred_gap": float(np.abs(got["dynamic"][1] - got["full"][1]).max()),
+                   "widths": [got["dynamic"][2], got["full"][2]]}
+
+    result = {"layout": {"tp": tp, "pp": pp, "dp": dp}, "padding": padding,
               "inference": {"batch_size_gap": float(np.abs(scored[2] - scored[9]).max()), "reward_gap": reward_gap,
                             "training_path_gap": training_path_gap}}
     if args.save:

@@ -45,7 +45,7 @@ def main():
         def remove(checkpoint_path, barrier_before=False):
             name = os.path.basename(str(checkpoint_path))
             if f"step={step}-" in name and "-last" in name:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.killpg(os.getpgrp(), signal.SIGKILL)  # the whole job, as a scheduler would
             return real_remove(checkpoint_path, barrier_before)
 
         NeMoModelCheckpoint.remove_checkpoint_unfinished_marker = staticmethod(remove)
