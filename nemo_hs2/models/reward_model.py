@@ -136,19 +136,23 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
             loss = next(iter(terms.values()))
         return loss, terms
 
+    def _forward(self, model, mb):
+        """One micro-batch through one pipeline stage; the causal mask is built per micro-batch width."""
+        width = mb["inputs"].shape[1]
+        causal = torch.ones(1, 1, width, width, dtype=torch.bool, device=mb["inputs"].device).tril_()
+        output = model(input_ids=mb["inputs"], lengths=mb["lengths"], position_ids=mb["position_ids"],
+                       attention_mask=~causal, labels=None)
+        if not parallel_state.is_pipeline_last_stage():
+            output = output.to(dtype=self.autocast_dtype)  # p2p buffers are in the autocast dtype
+        return output
+
     def get_forward_output_and_loss_func(self, validation_step=False, counts=None):
         num_microbatches = get_num_microbatches()
         dp_size = parallel_state.get_data_parallel_world_size()
 
         def fwd_output_and_loss_func(dataloader_iter, model):
-            mb = next(dataloader_iter)
-            mb = {k: v.cuda(non_blocking=True) for k, v in mb.items()}
-            width = mb["inputs"].shape[1]
-            causal = torch.ones(1, 1, width, width, dtype=torch.bool, device=mb["inputs"].device).tril_()
-            output = model(input_ids=mb["inputs"], lengths=mb["lengths"], position_ids=mb["position_ids"],
-                           attention_mask=~causal, labels=None)
-            if not parallel_state.is_pipeline_last_stage():
-                output = output.to(dtype=self.autocast_dtype)
+            mb = {k: v.cuda(non_blocking=True) for k, v in next(dataloader_iter).items()}
+            output = self._forward(model, mb)
 
             def loss_func(output_tensor):
                 pred = output_tensor.float()
@@ -215,13 +219,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
 
         def forward_step(data_iter, model):
             mb = {k: v.cuda(non_blocking=True) for k, v in next(data_iter).items()}
-            width = mb["inputs"].shape[1]
-            causal = torch.ones(1, 1, width, width, dtype=torch.bool, device=mb["inputs"].device).tril_()
-            out = model(input_ids=mb["inputs"], lengths=mb["lengths"], position_ids=mb["position_ids"],
-                        attention_mask=~causal, labels=None)
-            if not parallel_state.is_pipeline_last_stage():
-                out = out.to(dtype=self.autocast_dtype)
-            return out, lambda output, non_loss_data=True: output.float()
+            return self._forward(model, mb), lambda output, non_loss_data=True: output.float()
 
         self.prepare_for_inference()
         try:
