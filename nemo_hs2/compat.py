@@ -8,6 +8,9 @@ signature, ``weights_only`` default); they are keyed on the torch API they adapt
 
 Each patch names the package versions it was written against: a different version fails loudly instead of
 silently patching code that may have moved.  ``apply()`` is idempotent and must run before any NeMo model is built.
+
+On a machine without CUDA, the device mapping (``cuda-device``) is a torch function mode, which torch keeps per
+thread: run the model in the thread that called ``apply()`` (the reward server does).
 """
 
 from __future__ import annotations

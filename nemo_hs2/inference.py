@@ -47,7 +47,7 @@ class RewardScorer:
         self.model = model
         self.attributes = tuple(model.attributes)
         self.weights = resolve_weights(weights, self.attributes)
-        self.batch_size = int(batch_size)
+        self.batch_size = max(1, int(batch_size))
         if system is None:  # the prompt and template the model was trained with travel in its config
             system = model.cfg.get("system_prompt")
         self.system_given = system is not None
@@ -63,7 +63,8 @@ class RewardScorer:
         self.max_length = int(max_length or model.cfg.encoder_seq_length)
         self.collate = Collator(model.tokenizer.eos_id, pad_to_multiple)
 
-    def tokenize(self, conversation) -> np.ndarray:
+    def tokenize(self, conversation, truncate: bool = True) -> np.ndarray:
+        """Token ids as training would see them; ``truncate=False`` keeps over-long rows whole (to detect them)."""
         context, response = conversation_to_text(conversation, self.system)  # also validates the turns
         if self.template == "hf_chat":
             messages = list(conversation)
@@ -72,16 +73,20 @@ class RewardScorer:
             ids = self.encode(self.chat.render_messages(messages))
         else:  # context and response apart, as nemo_hs2.data.dataset.SteerLMFormat does in training
             ids = list(self.encode(context)) + list(self.encode(response))
-        return np.asarray(ids[-self.max_length:], dtype=np.int32)  # keep the end, where the reward is read
+        ids = ids[-self.max_length:] if truncate else ids  # keep the end, where the reward is read
+        return np.asarray(ids, dtype=np.int32)
+
+    def predict_tokens(self, rows) -> np.ndarray:
+        """``[rows, attributes]`` predictions (float64) for already tokenized rows, ``batch_size`` at a time."""
+        empty = np.full(len(self.attributes), np.nan, np.float32)
+        out = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = self.collate([{"tokens": np.asarray(r, dtype=np.int32), "labels": empty, "pair_id": -1}
+                                  for r in rows[start:start + self.batch_size]])
+            out.append(self.model.predict(batch).cpu().numpy().astype(np.float64))
+        return np.concatenate(out) if out else np.zeros((0, len(self.attributes)))
 
     def score(self, conversations) -> list[dict]:
-        results = []
-        empty = np.full(len(self.attributes), np.nan, np.float32)
-        for start in range(0, len(conversations), self.batch_size):
-            chunk = conversations[start:start + self.batch_size]
-            batch = self.collate([{"tokens": self.tokenize(c), "labels": empty, "pair_id": -1} for c in chunk])
-            pred = self.model.predict(batch).cpu().numpy().astype(np.float64)
-            for row in pred:
-                results.append({"attributes": dict(zip(self.attributes, row.tolist())),
-                                "reward": float(combine(row, self.weights))})
-        return results
+        pred = self.predict_tokens([self.tokenize(c) for c in conversations])
+        return [{"attributes": dict(zip(self.attributes, row.tolist())), "reward": float(combine(row, self.weights))}
+                for row in pred]

@@ -1,0 +1,55 @@
+"""Serve a trained reward model over HTTP: NeMo-Aligner's reward-server interface plus per-attribute scores.
+
+    python examples/serve_reward_model.py checkpoint=results/hs2_reward_model/checkpoints/hs2_reward_model.nemo
+    curl -s localhost:5555/score -d '{"conversations": [[{"role": "user", "content": "Hi"},
+                                                         {"role": "assistant", "content": "Hello!"}]]}'
+    torchrun --nproc_per_node 8 examples/serve_reward_model.py trainer=gpu trainer.devices=8 \
+        model.tensor_model_parallel_size=8 checkpoint=...
+
+NeMo-Aligner's PPO / rejection-sampling jobs point at it with remote_rm.reward_model.{ip,port,name}; see
+nemo_hs2/serving.py for the protocol and what is and is not compatible. Stops on SIGINT / SIGTERM.
+"""
+
+import signal
+import sys
+import threading
+
+import hydra
+
+
+@hydra.main(config_path="../conf", config_name="serve_reward_model", version_base="1.3")
+def main(cfg) -> None:
+    from nemo_hs2.evaluation.run import load_model, make_scorer
+    from nemo_hs2.models.loading import is_main_rank
+    from nemo_hs2.serving import ServerConfig, TokenScorer, build_server
+
+    try:
+        server_cfg = ServerConfig.from_mapping(cfg.server)
+        model = load_model(cfg)
+        scorer = make_scorer(model, cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"serve_reward_model: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    import torch
+
+    distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    if not is_main_rank():
+        # torchrun signals every rank; only rank 0 may decide to stop, or it would wait on a collective forever.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        TokenScorer(scorer, distributed).follow()  # runs rank 0's batches until rank 0 releases it
+        return
+    server = build_server(scorer, server_cfg, distributed).start_http()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    host, port = server.address
+    info = server.service.info()
+    print(f"nemo_hs2 reward server listening on http://{host}:{port} (model '{info['model_name']}', attributes "
+          f"{info['attributes']}, max_length {info['max_length']}, overlength={info['overlength']})", flush=True)
+    server.serve(stop)  # the model runs in this thread, the one that built it
+    print("reward server stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()
