@@ -64,14 +64,11 @@ class FiniteStepGuard:
 
     def step(self, closure=None):
         loss = getattr(self._model, "last_loss", 0.0)
+        grads = [g for group in self._optimizer.param_groups for p in group["params"]
+                 if (g := p.grad if getattr(p, "main_grad", None) is None else p.main_grad) is not None]
         local = torch.zeros(1, dtype=torch.float32, device=torch.cuda.current_device())
-        for group in self._optimizer.param_groups:
-            for p in group["params"]:
-                grad = getattr(p, "main_grad", None)
-                grad = p.grad if grad is None else grad
-                if grad is not None and not torch.isfinite(grad).all():
-                    local[0] = 1.0
-                    break
+        if grads:  # reduced on the device: one host sync per step, not one per parameter
+            local[0] = torch.stack([torch.isfinite(g).logical_not().any() for g in grads]).any()
         torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX)
         if not math.isfinite(loss) or local.item() > 0:
             step = self._trainer_state.step + 1

@@ -169,3 +169,16 @@ def confusion_matrix(pred_col, target_col, score_range=(0, 4)) -> np.ndarray:
     true_idx = (t - lo).astype(np.int64)
     pred_idx = (_round_score(p, lo, hi) - lo).astype(np.int64)
     return np.bincount(true_idx * k + pred_idx, minlength=k * k).reshape(k, k)
+
+
+def strict_json(obj):
+    """``obj`` with NaN/inf as None and numpy scalars as Python ones: strict JSON readers reject NaN."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj

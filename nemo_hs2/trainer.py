@@ -13,7 +13,7 @@ from nemo.collections.nlp.parts.utils_funcs import get_last_rank
 from nemo_aligner.algorithms.supervised import SupervisedTrainer
 
 from nemo_hs2.losses import bradley_terry_sum
-from nemo_hs2.metrics import pairwise_metrics, regression_metrics
+from nemo_hs2.metrics import pairwise_metrics, regression_metrics, strict_json
 from nemo_hs2.reward import resolve_weights
 
 
@@ -62,17 +62,6 @@ class RewardModelTrainer(SupervisedTrainer):
         metrics["loss"] = self.model.combine_validation_loss(metrics)
         metrics["validation_step_time"] = per_batch.get("validation_step_time", math.nan)
         return metrics["loss"], metrics
-
-
-def _finite_or_none(obj):
-    """NaN (e.g. Pearson of a constant) becomes JSON null: strict JSON readers reject NaN."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
 
 
 class MetricsRecorder:
@@ -127,5 +116,5 @@ class MetricsRecorder:
                "train_history": self.train}
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(_finite_or_none(doc), f, indent=2)
+            json.dump(strict_json(doc), f, indent=2)
         os.replace(tmp, path)

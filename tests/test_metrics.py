@@ -139,3 +139,13 @@ def test_confusion_matrix():
         confusion_matrix([1.0], [1.5])
     with pytest.raises(ValueError):
         confusion_matrix([1.0], [7])
+
+
+def test_strict_json_turns_nan_and_numpy_into_plain_json():
+    import json
+
+    from nemo_hs2.metrics import strict_json
+
+    doc = strict_json({"a": float("nan"), "b": [np.float32(1.5), np.int64(2), (float("inf"),)], "c": "x"})
+    assert doc == {"a": None, "b": [1.5, 2, [None]], "c": "x"}
+    json.dumps(doc, allow_nan=False)  # strict readers accept it

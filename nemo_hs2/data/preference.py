@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from nemo_hs2.data.dataset import Collator, TokenizeStats, tokenize_examples
+from nemo_hs2.data.dataset import Collator, tokenize_examples
 from nemo_hs2.data.demo import demo_examples
 from nemo_hs2.data.examples import Example
 
@@ -87,5 +87,5 @@ def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
         ds, st = tokenize_examples(rows, tokenizer, list(data_cfg.attributes), max_length=seq_length,
                                    overlength="truncate", formatter=formatter)
         datasets[split] = PairDataset(ds, np.asarray(strengths))
-        stats[split] = st if isinstance(st, TokenizeStats) else TokenizeStats()
+        stats[split] = st
     return datasets, stats

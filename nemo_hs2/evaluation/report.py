@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from nemo_hs2.data.template import split_helpsteer2_prompt
-from nemo_hs2.metrics import confusion_matrix, pairwise_metrics, regression_metrics
+from nemo_hs2.metrics import confusion_matrix, pairwise_metrics, regression_metrics, strict_json
 
 PLOTS_DIR = "plots"
 _ROLE = {"User": "user", "Assistant": "assistant"}
@@ -176,15 +176,4 @@ def report_markdown(checkpoint: str, rewardbench: Mapping | None = None, rewardb
 
 def json_ready(result: Mapping) -> dict:
     """The result without its arrays, NaN as null (strict JSON)."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, np.generic):
-            return clean(v.item())
-        return v
-
-    return clean({k: v for k, v in result.items() if not isinstance(v, np.ndarray)})
+    return strict_json({k: v for k, v in result.items() if not isinstance(v, np.ndarray)})

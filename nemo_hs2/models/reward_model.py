@@ -108,13 +108,16 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
     def bt_kind(self) -> str:
         return "regular_bt" if self.loss_name == "regression+bt" else self.loss_name
 
-    def combine_validation_loss(self, metrics) -> float:
-        """The training objective evaluated on whole-validation-set metrics."""
+    def combine_losses(self, regression=None, bt=None):
+        """The training objective from its terms (tensors in the step, floats on validation metrics)."""
         if self.loss_name == "regression":
-            return metrics["mse"]
+            return regression
         if self.loss_name == "regression+bt":
-            return metrics["mse"] + self.bt_loss_weight * metrics["bt_loss"]
-        return metrics["bt_loss"]
+            return regression + self.bt_loss_weight * bt
+        return bt
+
+    def combine_validation_loss(self, metrics) -> float:
+        return self.combine_losses(metrics.get("mse"), metrics.get("bt_loss"))
 
     def _loss(self, pred, mb, counts):
         terms = {}
@@ -130,11 +133,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
             bt_sum, _ = losses.bradley_terry_sum(pred, mb["preference"], self.bt_weights.to(pred.device),
                                                  self.bt_kind)
             terms["bt_loss"] = bt_sum / counts[1]
-        if self.loss_name == "regression+bt":
-            loss = terms["regression_loss"] + self.bt_loss_weight * terms["bt_loss"]
-        else:
-            loss = next(iter(terms.values()))
-        return loss, terms
+        return self.combine_losses(terms.get("regression_loss"), terms.get("bt_loss")), terms
 
     def _forward(self, model, mb):
         """One micro-batch through one pipeline stage; the causal mask is built per micro-batch width."""
