@@ -14,3 +14,8 @@ if str(ROOT) not in sys.path:
 OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
 OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    # Two tiers: `pytest -m "not slow"` is the daily loop; CI runs everything.
+    config.addinivalue_line("markers", "slow: takes tens of seconds or more (multi-process training, real models)")
