@@ -16,10 +16,13 @@ thread: run the model in the thread that called ``apply()`` (the reward server d
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import inspect
 import os
+import sys
+import types
 from typing import Callable
 
 import torch
@@ -100,6 +103,33 @@ def _no_apex(env):
 
 def _no_te(env):
     return not env.te
+
+
+# ----------------------------------------------------------------------------------------------------------- env
+_CHINESE_TEXT_LIBS = ("jieba", "opencc")
+
+
+class _StandIn(types.ModuleType):
+    def __getattr__(self, attr):
+        if attr.startswith("__"):  # introspection (inspect, pickle, hasattr) must see a plain missing attribute
+            raise AttributeError(attr)
+        raise ModuleNotFoundError(
+            f"{self.__name__} is not installed: nemo_hs2.compat stood in for it so that NeMo can start (only NeMo's "
+            f"Chinese tokenizer uses it); install {self.__name__} to use that tokenizer")
+
+
+def _chinese_text_libs_missing(env):
+    return any(importlib.util.find_spec(m) is None for m in _CHINESE_TEXT_LIBS)
+
+
+@_patch("chinese-text-libs", "env", "NeMo's tokenizer registry imports jieba/opencc eagerly; the GPU device kit has "
+        "no room for them (21 MiB) and reward models never use them", _chinese_text_libs_missing)
+def _chinese_text_libs():
+    for name in _CHINESE_TEXT_LIBS:
+        if importlib.util.find_spec(name) is None:
+            stand_in = _StandIn(name)
+            stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec() callers expect one
+            sys.modules[name] = stand_in
 
 
 # ---------------------------------------------------------------------------------------------------------- CUDA
