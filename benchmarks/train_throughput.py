@@ -55,7 +55,7 @@ def gpt2_bpe(path: str):
     return TiktokenAdapter(enc)
 
 
-def build_model(args, vocab_size: int):
+def build_model(args, vocab_size: int, extra_overrides=()):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
@@ -64,10 +64,12 @@ def build_model(args, vocab_size: int):
     overrides = [*SIZES[args.size], f"model.encoder_seq_length={args.seq_length}",
                  f"model.micro_batch_size={args.micro_batch}",
                  f"model.global_batch_size={args.micro_batch * args.micro_batches}"]
-    if args.device == "cuda":
-        overrides += ["trainer=gpu", "trainer.devices=1", "trainer.rm.max_steps=100", "model.megatron_amp_O2=true",
-                      "trainer.precision=bf16-mixed", "model.use_cpu_initialization=false",
-                      "model.optim.name=adamw"]  # torch AdamW: the lent GPU machine has no apex
+    if args.device == "cuda":  # torch AdamW: the lent GPU machine has no apex
+        overrides += ["trainer=gpu", "trainer.devices=1", "trainer.rm.max_steps=100",
+                      "model.use_cpu_initialization=false", "model.optim.name=adamw"]
+        overrides += (["trainer.precision=32"] if getattr(args, "precision", "bf16") == "fp32"
+                      else ["model.megatron_amp_O2=true", "trainer.precision=bf16-mixed"])
+    overrides += list(extra_overrides)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose(config_name="train_reward_model", overrides=overrides)
     with open_dict(cfg):
