@@ -185,6 +185,7 @@ def _parity_side(device: str, tmp: Path, save: bool):
 
 
 STAGES = {"env": stage_env, "train": stage_train, "parity": stage_parity}
+TIMEOUTS = {"env": 120, "train": 300, "parity": 150}
 
 
 # ------------------------------------------------------------------------------------------------------- driver
@@ -196,7 +197,7 @@ def run_stage(name: str, args) -> dict:
            "--size", args.size, "--data", args.data, "--warmup", str(args.warmup),
            "--peak-tflops", str(args.peak_tflops)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.stage_timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.stage_timeout or TIMEOUTS[name])
     out = json.loads(result.read_text()) if result.stat().st_size else {}
     result.unlink()
     if proc.returncode and "error" not in out:
@@ -245,7 +246,8 @@ def main(argv=None) -> int:
                                                                          "helpsteer_sample_300.jsonl")))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM: 989)")
-    p.add_argument("--stage-timeout", type=int, default=420)
+    p.add_argument("--stage-timeout", type=int, default=None,
+                   help="seconds per stage (default env 120, train 300, parity 150: the whole check inside 8 minutes)")
     p.add_argument("--stages", default="env,train,parity", help="comma-separated subset to run")
     p.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
         try:
             results[name] = run_stage(name, args)
         except subprocess.TimeoutExpired:
-            results[name] = {"error": f"timed out after {args.stage_timeout} s"}
+            results[name] = {"error": f"timed out after {args.stage_timeout or TIMEOUTS[name]} s"}
     print(json.dumps(results, indent=1, default=str))
     print(table(results))
     return 1 if any("error" in r for r in results.values()) else 0
