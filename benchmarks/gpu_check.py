@@ -188,6 +188,10 @@ STAGES = {"env": stage_env, "train": stage_train, "parity": stage_parity}
 TIMEOUTS = {"env": 120, "train": 300, "parity": 150}
 
 
+def _limit(stage: str, args) -> int:
+    return args.stage_timeout or TIMEOUTS[stage] * (1 if args.device == "cuda" else 3)  # 2 shared CPU cores
+
+
 # ------------------------------------------------------------------------------------------------------- driver
 def run_stage(name: str, args) -> dict:
     """One stage in a fresh interpreter: its result, or its error with the stage named."""
@@ -197,7 +201,7 @@ def run_stage(name: str, args) -> dict:
            "--size", args.size, "--data", args.data, "--warmup", str(args.warmup),
            "--peak-tflops", str(args.peak_tflops)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.stage_timeout or TIMEOUTS[name])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_limit(name, args))
     out = json.loads(result.read_text()) if result.stat().st_size else {}
     result.unlink()
     if proc.returncode and "error" not in out:
@@ -272,7 +276,7 @@ def main(argv=None) -> int:
         try:
             results[name] = run_stage(name, args)
         except subprocess.TimeoutExpired:
-            results[name] = {"error": f"timed out after {args.stage_timeout or TIMEOUTS[name]} s"}
+            results[name] = {"error": f"timed out after {_limit(name, args)} s"}
     print(json.dumps(results, indent=1, default=str))
     print(table(results))
     return 1 if any("error" in r for r in results.values()) else 0
