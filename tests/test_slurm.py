@@ -80,7 +80,7 @@ def test_submit_plans_then_sbatches_the_planned_layout(fake_slurm, recipe, nodes
     [(name, *args)] = calls()
     assert name == "sbatch"
     for flag in (f"--nodes={nodes}", "--ntasks-per-node=8", "--gpus-per-node=8", "--requeue", "--account=acct",
-                 f"--job-name={recipe}", "--signal=USR1@1200", f"--output={results}/{recipe}/slurm-%j.out"):
+                 f"--job-name={recipe}", "--signal=USR1@1200", f"--output={results}/{recipe}/slurm/slurm-%j.out"):
         assert flag in args, flag
     script = args.index(str(SLURM / "train_rm.sbatch"))
     overrides = args[script + 1:]
@@ -88,7 +88,7 @@ def test_submit_plans_then_sbatches_the_planned_layout(fake_slurm, recipe, nodes
               f"model.tensor_model_parallel_size={tp}", f"model.pipeline_model_parallel_size={pp}",
               f"exp_manager.explicit_log_dir=/results/{recipe}", "++plan.gpu_memory_gb=80"):
         assert o in overrides, o
-    assert (results / recipe / "plan.json").exists()
+    assert (results / recipe / "slurm" / "plan.json").exists()
 
 
 def test_submit_refuses_what_does_not_fit(fake_slurm):

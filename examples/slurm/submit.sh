@@ -2,15 +2,21 @@
 # Plan, then submit: runs examples/plan.py on the same overrides (a config that breaks a rule or does not fit
 # is refused here, on the login node), then sbatch's examples/slurm/train_rm.sbatch with the planned layout.
 #
-#   examples/slurm/submit.sh --image IMAGE --results DIR [options] [--] OVERRIDES...
+#   examples/slurm/submit.sh --image IMAGE --results DIR [options] [--] OVERRIDES...   # container mode
+#   examples/slurm/submit.sh --host --results DIR [options] [--] OVERRIDES...          # host mode
 #   examples/slurm/submit.sh --image /shared/nemo_hs2.sqsh --results /shared/results \
 #       --mounts /shared/models:/models,/shared/data:/data \
 #       +recipe=hs2_llama3_70b init.restore_from_path=/models/llama-3-70b.nemo \
 #       data.train_file=/data/helpsteer2/train.jsonl.gz data.validation_file=/data/helpsteer2/validation.jsonl.gz
 #
+# Modes: container (pyxis / enroot: srun --container-image; the default when an image is given) or host (no
+# containers: every task runs this checkout's .venv directly; the default when no image is given).
+#
 # Options (or the environment variable in brackets):
 #   --image IMAGE        container image for srun --container-image [NEMO_HS2_IMAGE]
-#   --results DIR        shared host directory for results and logs, mounted at /results [NEMO_HS2_RESULTS]
+#   --host, --container  choose the mode explicitly [NEMO_HS2_MODE=host|container]
+#   --results DIR        shared host directory for results and logs (container mode: mounted at /results)
+#                        [NEMO_HS2_RESULTS]
 #   --mounts LIST        more container mounts host:container[,...] (models, data, HF cache) [NEMO_HS2_MOUNTS]
 #   --time [D-]HH:MM:SS  time limit of each job; the run is requeued until it finishes [04:00:00]
 #   --signal-lead MIN    SIGUSR1 reaches training MIN minutes before the limit: it checkpoints at the next step
@@ -28,6 +34,7 @@ repo=$(cd "$here/../.." && pwd)
 image=${NEMO_HS2_IMAGE:-}
 results=${NEMO_HS2_RESULTS:-}
 mounts=${NEMO_HS2_MOUNTS:-}
+mode=${NEMO_HS2_MODE:-}
 time_limit=04:00:00
 signal_lead=20
 stop_before=
@@ -43,6 +50,8 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --image) image=${2:?}; shift 2 ;;
     --image=*) image=${1#*=}; shift ;;
+    --host) mode=host; shift ;;
+    --container) mode=container; shift ;;
     --results) results=${2:?}; shift 2 ;;
     --results=*) results=${1#*=}; shift ;;
     --mounts) mounts=${2:?}; shift 2 ;;
@@ -62,7 +71,12 @@ while [ $# -gt 0 ]; do
     *) overrides+=("$1"); shift ;;
   esac
 done
-[ -n "$image" ] || die "--image (or NEMO_HS2_IMAGE) is required"
+if [ -z "$mode" ]; then if [ -n "$image" ]; then mode=container; else mode=host; fi; fi
+case "$mode" in
+  container) [ -n "$image" ] || die "container mode needs --image (or NEMO_HS2_IMAGE); --host runs without one" ;;
+  host) [ -z "$image" ] || echo "submit: host mode: --image $image is not used" >&2 ;;
+  *) die "NEMO_HS2_MODE must be host or container, got '$mode'" ;;
+esac
 [ -n "$results" ] || die "--results (or NEMO_HS2_RESULTS) is required"
 case "$results" in /*) ;; *) die "--results must be an absolute path on shared storage" ;; esac
 
@@ -120,35 +134,45 @@ L = p["layout"]
 print(p["run"]["name"], L["nodes"], L["gpus_per_node"], L["tp"], L["pp"], L["accelerator"])
 PY
 )
-[ "$accelerator" = gpu ] || die "trainer.accelerator=$accelerator: use trainer=gpu or a +recipe=..."
+# A CPU layout is a host-mode test run (the demo over gloo); the container image is for GPU nodes.
+[ "$accelerator" = gpu ] || [ "$mode" = host ] \
+  || die "trainer.accelerator=$accelerator: use trainer=gpu or a +recipe=... (or --host for a CPU run)"
 
 has_override() { local o; for o in "${overrides[@]}"; do case "${o#+}" in "$1"=*|"+$1"=*) return 0 ;; esac; done; return 1; }
 train_overrides+=("trainer.num_nodes=$nodes" "trainer.devices=$gpus"
                   "model.tensor_model_parallel_size=$tp" "model.pipeline_model_parallel_size=$pp")
-has_override exp_manager.explicit_log_dir || train_overrides+=("exp_manager.explicit_log_dir=/results/$name")
+run_root=/results
+[ "$mode" = host ] && run_root=$results
+has_override exp_manager.explicit_log_dir || train_overrides+=("exp_manager.explicit_log_dir=$run_root/$name")
 if [ -n "$max_time" ] && ! has_override exp_manager.max_time_per_run; then
   train_overrides+=("exp_manager.max_time_per_run=$max_time")
 fi
 
 log_dir="$results/$name"
-cmd=(sbatch --nodes="$nodes" --ntasks-per-node="$gpus" --gpus-per-node="$gpus" --time="$time_limit"
-     --job-name="$name" --dependency=singleton --output="$log_dir/slurm-%j.out" --open-mode=append
+# SLURM's output and the plan go to a subdirectory: NeMo's exp_manager moves every plain file of the run directory
+# into run_N/ each time training starts, which would split an appended output file across restarts.
+slurm_dir="$log_dir/slurm"
+gpu_args=()
+[ "$accelerator" = gpu ] && gpu_args=(--gpus-per-node="$gpus")
+cmd=(sbatch --nodes="$nodes" --ntasks-per-node="$gpus" "${gpu_args[@]}" --time="$time_limit"
+     --job-name="$name" --dependency=singleton --output="$slurm_dir/slurm-%j.out" --open-mode=append
      --requeue --signal="USR1@$((signal_lead * 60))" --export=ALL "${sbatch_args[@]}"
      "$here/train_rm.sbatch" "${train_overrides[@]}")
 
-export NEMO_HS2_IMAGE="$image" NEMO_HS2_RESULTS="$results" NEMO_HS2_MOUNTS="$mounts" NEMO_HS2_RUN="$name"
+export NEMO_HS2_MODE="$mode" NEMO_HS2_IMAGE="$image" NEMO_HS2_RESULTS="$results" NEMO_HS2_MOUNTS="$mounts" \
+  NEMO_HS2_RUN="$name" NEMO_HS2_REPO="$repo"
 echo
-echo "submit: $nodes node(s) x $gpus GPU(s), TP $tp x PP $pp, results $log_dir (in the container /results/$name)"
+echo "submit: $mode mode, $nodes node(s) x $gpus $accelerator task(s), TP $tp x PP $pp, results $log_dir"
 if [ "$dry_run" = 1 ]; then
-  printf 'NEMO_HS2_IMAGE=%q NEMO_HS2_RESULTS=%q NEMO_HS2_MOUNTS=%q NEMO_HS2_RUN=%q \\\n  ' \
-    "$image" "$results" "$mounts" "$name"
+  printf 'NEMO_HS2_MODE=%q NEMO_HS2_IMAGE=%q NEMO_HS2_RESULTS=%q NEMO_HS2_MOUNTS=%q NEMO_HS2_RUN=%q NEMO_HS2_REPO=%q \\\n  ' \
+    "$mode" "$image" "$results" "$mounts" "$name" "$repo"
   printf '%q ' "${cmd[@]}"
   echo
   exit 0
 fi
-mkdir -p "$log_dir"
-cp "$plan_json" "$log_dir/plan.json"
+mkdir -p "$slurm_dir"
+cp "$plan_json" "$slurm_dir/plan.json"
 out=$("${cmd[@]}")
 echo "$out"
 job=${out##* }
-echo "submit: watch   tail -f $log_dir/slurm-$job.out    squeue -j $job    (plan: $log_dir/plan.json)"
+echo "submit: watch   tail -f $slurm_dir/slurm-$job.out    squeue -j $job    (plan: $slurm_dir/plan.json)"
