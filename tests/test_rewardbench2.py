@@ -118,6 +118,7 @@ def test_fixture_subsets_and_overall_by_hand():
     text = rb2.markdown(partial)
     assert "| Focus | missing | 0 |" in text and "(needs all six subsets)" in text
     assert f"| Ties | {100 * TIES_SCORE:.1f} | 4 |" in text
+    assert f"| correctness_margin | {TIES_MARGIN:.3f} | 0.01 |" in text
 
 
 def test_reads_parquet_like_jsonl(tmp_path):
@@ -190,5 +191,5 @@ def test_evaluation_script_writes_rewardbench2_results(tmp_path_factory):
     for row, rec in zip(rows[:3] + rows[-2:], records[:3] + records[-2:]):
         expected = [r["reward"] for r in scorer.score([rb2.conversation(row.prompt, c) for c in row.completions])]
         assert rec["scores"] == pytest.approx(expected, abs=1e-5)
-    assert "| Ties term | Value | Weight |" in (out / "rewardbench2.md").read_text()
+    assert "| correctness_preferred_hard |" in (out / "rewardbench2.md").read_text()
     assert "## RewardBench 2" in (out / "report.md").read_text()

@@ -214,7 +214,8 @@ def load_pairs(data_cfg, split: str) -> HS3Pairs:
                          f"{split}.jsonl.gz) or data.from_hub=true")
     pairs = read_helpsteer3(path, domains, languages, data_cfg.on_bad_row)
     if not pairs:
-        raise ValueError(f"{path}: no pairs left (filtered out: {dict(pairs.filtered)}, skipped: {dict(pairs.skipped)})")
+        raise ValueError(f"{path}: no pairs left (filtered out: {dict(pairs.filtered)}, "
+                         f"skipped: {dict(pairs.skipped)})")
     return pairs
 
 

@@ -98,7 +98,8 @@ def _rows(records: Iterable[tuple[int, object]], source: str) -> list[Row]:
             if record.get(field) is None:
                 raise BadRowError(source, line, field, "missing_field", "field is missing")
             if not isinstance(record[field], str):
-                raise BadRowError(source, line, field, "wrong_type", f"expected a string, got {_json_type(record[field])}")
+                raise BadRowError(source, line, field, "wrong_type",
+                                  f"expected a string, got {_json_type(record[field])}")
         subset = record["subset"]
         if not subset.strip():
             raise BadRowError(source, line, "subset", "empty_text", "empty subset name")
@@ -113,7 +114,8 @@ def _rows(records: Iterable[tuple[int, object]], source: str) -> list[Row]:
         num_correct = _int(record, "num_correct", source, line)
         row_id = record.get("id")
         if isinstance(row_id, (dict, list, bool)):
-            raise BadRowError(source, line, "id", "wrong_type", f"expected a string or number, got {_json_type(row_id)}")
+            raise BadRowError(source, line, "id", "wrong_type",
+                              f"expected a string or number, got {_json_type(row_id)}")
         row_id = str(line) if row_id is None else str(row_id)
         if is_ties(subset):
             if not _TIES_ID.match(row_id):
@@ -282,8 +284,9 @@ def markdown(summary: Mapping) -> str:
         lines.append(f"| {subset} (unknown, not in the overall) | {_pct(entry['score'])} | {entry['rows']} |")
     ties = summary["subsets"].get("Ties", {}).get("ties")
     if ties:
-        lines += ["", "| Ties term | Value | Weight |", "|---|---:|---:|"]
-        lines += [f"| {k} | {_pct(ties[k])} | {w:.2f} |" for k, w in TIES_WEIGHTS.items()]
+        lines += ["", "| Ties term (0..1; margin -1..1) | Value | Weight |", "|---|---:|---:|"]
+        lines += [f"| {k} | {'missing' if ties[k] is None else f'{ties[k]:.3f}'} | {w:.2f} |"
+                  for k, w in TIES_WEIGHTS.items()]
     return "\n".join(lines) + "\n"
 
 
