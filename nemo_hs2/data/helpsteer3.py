@@ -206,15 +206,16 @@ def load_pairs(data_cfg, split: str) -> HS3Pairs:
     """One split as ``data=helpsteer3_preference`` configures it (local files, or ``data.from_hub=true``)."""
     domains, languages = data_cfg.get("domains"), data_cfg.get("languages")
     if data_cfg.get("from_hub"):
-        return read_helpsteer3_hub(split, domains, languages, data_cfg.on_bad_row,
-                                   data_cfg.get("hub_dataset") or HUB_DATASET)
-    path = data_cfg.get(f"{split}_file")
-    if not path:
-        raise ValueError(f"data=helpsteer3_preference needs data.{split}_file=PATH (HelpSteer3 preference "
-                         f"{split}.jsonl.gz) or data.from_hub=true")
-    pairs = read_helpsteer3(path, domains, languages, data_cfg.on_bad_row)
+        path = data_cfg.get("hub_dataset") or HUB_DATASET
+        pairs = read_helpsteer3_hub(split, domains, languages, data_cfg.on_bad_row, path)
+    else:
+        path = data_cfg.get(f"{split}_file")
+        if not path:
+            raise ValueError(f"data=helpsteer3_preference needs data.{split}_file=PATH (HelpSteer3 preference "
+                             f"{split}.jsonl.gz) or data.from_hub=true")
+        pairs = read_helpsteer3(path, domains, languages, data_cfg.on_bad_row)
     if not pairs:
-        raise ValueError(f"{path}: no pairs left (filtered out: {dict(pairs.filtered)}, "
+        raise ValueError(f"{path} ({split}): no pairs left (filtered out: {dict(pairs.filtered)}, "
                          f"skipped: {dict(pairs.skipped)})")
     return pairs
 
