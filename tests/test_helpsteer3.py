@@ -166,6 +166,7 @@ def test_scaled_bt_training_on_helpsteer3_pairs_through_validation(tmp_path):
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     metrics = json.loads((log_dir / "metrics.json").read_text())
     assert metrics["data"]["validation"]["used"] == 2 * len(kept)  # two sequences per kept pair
+    assert metrics["data"]["validation"]["skipped"] == {"filtered_domain": 2 * (12 - len(kept))}
     final = metrics["final_validation"]
     # Strength-0 pairs carry no order for BT: the validation pairs scored are the kept non-ties.
     assert final["preference_pairs"] == sum(r["overall_preference"] != 0 for r in kept) > 0

@@ -8,6 +8,7 @@ micro-batches or data-parallel ranks; the collate lays each pair out as two cons
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import torch
@@ -90,7 +91,7 @@ def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
 
             pairs = load_pairs(data_cfg, split)
             rows, strengths = pair_examples(pairs)
-            skipped = pairs.skipped
+            skipped = pairs.skipped + Counter({f"filtered_{k}": v for k, v in pairs.filtered.items()})
         elif data_cfg.get("preference_file"):
             rows, strengths = file_pairs(data_cfg, split)
         else:
@@ -99,7 +100,7 @@ def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
         ds, st = tokenize_examples(rows, tokenizer, list(data_cfg.attributes), max_length=seq_length,
                                    overlength="truncate", formatter=formatter)
         datasets[split] = PairDataset(ds, np.asarray(strengths))
-        if skipped:  # bad rows, counted as rows of two sequences like the kept ones
+        if skipped:  # bad or filtered pairs, counted as two rows each like the kept ones
             st.skipped.update({k: 2 * v for k, v in skipped.items()})
             st.rows += 2 * sum(skipped.values())
         stats[split] = st
