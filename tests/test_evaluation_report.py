@@ -138,7 +138,7 @@ def test_evaluation_script_writes_the_report(tmp_path_factory):
         assert f"](plots/{p.name})" in text
     assert "## RewardBench" in text and "## HelpSteer2 validation" in text
     # Outputs only in output_dir; the inputs' directory holds just the inputs.
-    assert sorted(p.name for p in cli["inputs"].iterdir()) == ["reward_bench.jsonl", "validation.jsonl"]
+    assert sorted(p.name for p in cli["inputs"].iterdir()) == ["reward_bench.jsonl", "reward_bench_2.jsonl", "validation.jsonl"]
 
 
 def test_report_predictions_match_the_offline_inference_api(tmp_path_factory):

@@ -133,6 +133,7 @@ def test_published_70b_recipe_fits_80gb():
     ("hs2_nemotron4_340b", 24, 8, 24),
     ("hs2p_llama3_1_70b_helpfulness", 8, 8, 2),
     ("hs2p_llama3_1_70b_scaled_bt", 4, 8, 4),
+    ("hs3_llama3_3_70b_scaled_bt", 4, 8, 4),
 ])
 def test_every_recipe_fits_80gb(recipe, nodes, tp, pp):
     p = plan(f"+recipe={recipe}", CKPT)
@@ -147,6 +148,16 @@ def test_preference_recipe_counts_pairs():
     p = planner.make_plan(cfg)
     assert p.layout["samples_are"] == "pairs" and p.layout["sequences_per_micro_batch"] == 2
     assert p.compute["tokens_per_step"] == 64 * 2 * 4096
+
+
+def test_helpsteer3_recipe_composes():
+    cfg = load("+recipe=hs3_llama3_3_70b_scaled_bt", CKPT)
+    assert (cfg.data.source, cfg.data.format, list(cfg.data.domains)) == ("preference", "helpsteer3",
+                                                                          ["General", "STEM", "Code"])
+    assert cfg.model.regression.loss_func == "scaled_bt" and cfg.init.mode == "base"
+    assert cfg.model.scale_positional_embedding and cfg.model.encoder_seq_length == 4096
+    p = planner.make_plan(cfg)
+    assert p.layout["samples_are"] == "pairs" and p.compute["steps"] == 600
 
 
 # ------------------------------------------------------------------------------------------------ refusals

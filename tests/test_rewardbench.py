@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,12 +93,15 @@ def cli_evaluation(tmp_path_factory) -> dict:
         rb_file = inputs / "reward_bench.jsonl"
         rb_file.write_text("".join(json.dumps(r) + "\n" for r in rewardbench_test_rows()))
         hs2_file = demo_helpsteer2_file(inputs / "validation.jsonl")
+        rb2_file = inputs / "reward_bench_2.jsonl"  # tests/test_rewardbench2.py checks these outputs
+        rb2_file.write_text((Path(ROOT) / "tests" / "data" / "rewardbench2_sample.jsonl").read_text())
         out = base / "out"
         ckpt = demo_checkpoint(tmp_path_factory)
         proc = run_example("evaluate_reward_model.py", [f"checkpoint={ckpt}", f"rewardbench.file={rb_file}",
+                                                        f"rewardbench2.file={rb2_file}",
                                                         f"helpsteer2.file={hs2_file}", f"output_dir={out}"])
         assert proc.returncode == 0, f"evaluation failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-        _CACHE["cli"] = {"out": out, "rb_file": rb_file, "hs2_file": hs2_file, "inputs": inputs,
+        _CACHE["cli"] = {"out": out, "rb_file": rb_file, "rb2_file": rb2_file, "hs2_file": hs2_file, "inputs": inputs,
                          "stdout": proc.stdout, "stderr": proc.stderr}
     return _CACHE["cli"]
 

@@ -68,7 +68,8 @@ def test_shellcheck_clean():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("recipe, nodes, tp, pp", [("hs2_llama3_70b", 8, 8, 2), ("hs2_nemotron4_340b", 24, 8, 24)])
+@pytest.mark.parametrize("recipe, nodes, tp, pp", [("hs2_llama3_70b", 8, 8, 2), ("hs2_nemotron4_340b", 24, 8, 24),
+                                                  ("hs3_llama3_3_70b_scaled_bt", 4, 8, 4)])
 def test_submit_plans_then_sbatches_the_planned_layout(fake_slurm, recipe, nodes, tp, pp):
     env, calls, tmp = fake_slurm
     results = tmp / "results"

@@ -8,6 +8,7 @@ micro-batches or data-parallel ranks; the collate lays each pair out as two cons
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import torch
@@ -78,8 +79,20 @@ def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
 
     datasets, stats = {}, {}
     formatter = make_formatter(data_cfg, tokenizer)
+    helpsteer3 = data_cfg.get("format") == "helpsteer3"
+    if helpsteer3:
+        from nemo_hs2.data.helpsteer3 import ConversationFormat
+
+        formatter = ConversationFormat(formatter)
     for split in ("train", "validation"):
-        if data_cfg.get("preference_file"):
+        skipped = None
+        if helpsteer3:
+            from nemo_hs2.data.helpsteer3 import load_pairs, pair_examples
+
+            pairs = load_pairs(data_cfg, split)
+            rows, strengths = pair_examples(pairs)
+            skipped = pairs.skipped + Counter({f"filtered_{k}": v for k, v in pairs.filtered.items()})
+        elif data_cfg.get("preference_file"):
             rows, strengths = file_pairs(data_cfg, split)
         else:
             rows, strengths = demo_pairs(data_cfg.demo[f"{split}_prompts"], data_cfg.demo.seed, split)
@@ -87,5 +100,8 @@ def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
         ds, st = tokenize_examples(rows, tokenizer, list(data_cfg.attributes), max_length=seq_length,
                                    overlength="truncate", formatter=formatter)
         datasets[split] = PairDataset(ds, np.asarray(strengths))
+        if skipped:  # bad or filtered pairs, counted as two rows each like the kept ones
+            st.skipped.update({k: 2 * v for k, v in skipped.items()})
+            st.rows += 2 * sum(skipped.values())
         stats[split] = st
     return datasets, stats

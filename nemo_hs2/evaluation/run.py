@@ -14,12 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_hs2.evaluation import outputs as out
 from nemo_hs2.evaluation import rewardbench as rb
+from nemo_hs2.evaluation import rewardbench2 as rb2
 from nemo_hs2.evaluation import report
 
 log = logging.getLogger(__name__)
 
 RESULT_FILES = ("rewardbench.json", "rewardbench.md", "rewardbench_scores.jsonl", "helpsteer2.json",
-                "helpsteer2_predictions.jsonl", "report.md")
+                "helpsteer2_predictions.jsonl", "report.md",
+                "rewardbench2.json", "rewardbench2.md", "rewardbench2_scores.jsonl")
 
 
 def reward_weights(model, spec=None):
@@ -52,21 +54,27 @@ def run(cfg, model=None) -> dict:
     """Evaluate; returns what was written (paths and headline numbers). ``model``: an already loaded one."""
     started = time.time()
     rb_file = (cfg.get("rewardbench") or {}).get("file")
+    rb2_cfg = cfg.get("rewardbench2") or {}
+    rb2_file = rb2_cfg.get("file")
     hs2_cfg = cfg.get("helpsteer2") or {}
     hs2_file = hs2_cfg.get("file")
-    if not rb_file and not hs2_file:
-        raise ValueError("nothing to evaluate: give rewardbench.file=PATH (or rewardbench.file=hub) and/or "
-                         "helpsteer2.file=PATH")
+    if not rb_file and not rb2_file and not hs2_file:
+        raise ValueError("nothing to evaluate: give rewardbench.file=PATH (or rewardbench.file=hub), "
+                         "rewardbench2.file=PATH (or hub) and/or helpsteer2.file=PATH")
     if not cfg.get("output_dir"):
         raise ValueError("output_dir is required")
     output_dir = str(cfg.output_dir)
-    out.check_outputs([os.path.join(output_dir, f) for f in RESULT_FILES], [rb_file, hs2_file])
+    out.check_outputs([os.path.join(output_dir, f) for f in RESULT_FILES], [rb_file, rb2_file, hs2_file])
 
-    rows = examples = None
+    rows = rows2 = examples = None
     if rb_file:
         rows = rb.read_rows(str(rb_file), cfg.rewardbench.get("dataset", rb.HUB_DATASET),
                             cfg.rewardbench.get("split", rb.HUB_SPLIT))
         log.info(f"RewardBench: {len(rows)} rows from {rb_file}")
+    if rb2_file:
+        rows2 = rb2.read_rows(str(rb2_file), rb2_cfg.get("dataset", rb2.HUB_DATASET),
+                              rb2_cfg.get("split", rb2.HUB_SPLIT))
+        log.info(f"RewardBench 2: {len(rows2)} rows from {rb2_file}")
     if hs2_file:
         from nemo_hs2.data.sources import read_examples
         from nemo_hs2.models.loading import checkpoint_config
@@ -83,7 +91,7 @@ def run(cfg, model=None) -> dict:
     main = _main_rank()
     progress = bool(cfg.get("progress", True)) and main
     summary = {"checkpoint": str(cfg.checkpoint), "output_dir": output_dir, "files": []}
-    rb_summary = hs2 = plots = None
+    rb_summary = rb2_summary = hs2 = plots = None
     written = []
 
     if rows is not None:
@@ -98,6 +106,19 @@ def run(cfg, model=None) -> dict:
                 written.append(out.write_jsonl(os.path.join(output_dir, "rewardbench_scores.jsonl"), records))
         summary["rewardbench"] = {"overall": rb_summary["overall"], "sections": rb_summary["sections"],
                                   "rows": rb_summary["rows"]}
+
+    if rows2 is not None:
+        rb2_summary, records2 = rb2.evaluate(scorer, rows2, progress=progress)
+        rb2_summary = {"checkpoint": str(cfg.checkpoint), "source": str(rb2_file), **rb2_summary}
+        if main:
+            written.append(out.write_json(os.path.join(output_dir, "rewardbench2.json"), rb2_summary))
+            written.append(out.write_text(os.path.join(output_dir, "rewardbench2.md"),
+                                          f"# RewardBench 2: `{cfg.checkpoint}`\n\n{rb2.describe(rb2_summary)}\n\n"
+                                          + rb2.markdown(rb2_summary)))
+            if rb2_cfg.get("save_scores", True):
+                written.append(out.write_jsonl(os.path.join(output_dir, "rewardbench2_scores.jsonl"), records2))
+        summary["rewardbench2"] = {"overall": rb2_summary["overall"], "subsets": rb2_summary["subset_scores"],
+                                   "rows": rb2_summary["rows"]}
 
     if examples is not None:
         hs2 = report.evaluate_helpsteer2(scorer, examples, tuple(hs2_cfg.get("score_range", (0, 4))), progress)
@@ -121,7 +142,7 @@ def run(cfg, model=None) -> dict:
     if main:
         written.append(out.write_text(os.path.join(output_dir, "report.md"), report.report_markdown(
             str(cfg.checkpoint), rb_summary, str(rb_file) if rb_file else None, hs2,
-            str(hs2_file) if hs2_file else None, plots)))
+            str(hs2_file) if hs2_file else None, plots, rb2_summary, str(rb2_file) if rb2_file else None)))
     summary["files"] = written
     summary["wall_time_s"] = round(time.time() - started, 1)
     return summary

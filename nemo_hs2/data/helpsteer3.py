@@ -1,0 +1,296 @@
+"""HelpSteer3-Preference (``nvidia/HelpSteer3``, config ``preference``) as Bradley-Terry pairs.
+
+A row has ``domain`` (General, STEM, Code, Multilingual), ``language``, ``context`` (``[{role, content}, ...]``
+ending with the user turn; a plain string is one user turn), ``response1``, ``response2``, ``overall_preference``
+(-3..3, negative = response1 better) and ``individual_preference`` (the annotators' scores and reasoning; not
+used for training). ``overall_preference`` has HelpSteer2-Preference's sign convention, which
+``nemo_hs2.losses.bradley_terry_sum`` reads (negative prefers the first row of the pair), so it is the pair's
+strength unchanged. A tie (0) stays a strength-0 pair: the loss decides what a tie means.
+
+The context keeps its turns: a leading ``system`` turn becomes the system prompt (SteerLM) or the system message
+(``data.template=hf_chat``), exactly as ``nemo_hs2.inference.RewardScorer`` renders the same conversation, so a
+trained model scores HelpSteer3 conversations as it saw them. A system turn anywhere else is a bad row (neither
+template nor the scorer has a place for it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from nemo_hs2.data.examples import Example
+from nemo_hs2.data.sources import (
+    EMPTY_TEXT,
+    LABEL_OUT_OF_RANGE,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    HubUnavailableError,
+    _Bad,
+    _check_policy,
+    _file_records,
+    _hub_connection_errors,
+    _json_type,
+    _offline_mode_from_env,
+    _rows,
+    _strength,
+    _text,
+    hub_unavailable_message,
+)
+
+DOMAINS = ("General", "STEM", "Code", "Multilingual")
+HUB_DATASET = "nvidia/HelpSteer3"
+HUB_CONFIG = "preference"
+BAD_CONTEXT = "bad_context"
+_ROLES = ("system", "user", "assistant")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversationExample(Example):
+    """An ``Example`` whose prompt is a whole conversation (``messages``, ending with the user turn)."""
+
+    messages: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class HS3Pair:
+    messages: tuple  # ({"role", "content"}, ...), optional leading system turn, ends with the user turn
+    response_1: str
+    response_2: str
+    strength: int  # overall_preference, -3..3; negative = response_1 better, 0 = tie
+    domain: str
+    language: str
+    source: str
+    line: int
+
+
+def _context(value: Any) -> tuple:
+    if isinstance(value, str):
+        if not value.strip():
+            raise _Bad("context", EMPTY_TEXT, "empty or whitespace-only text")
+        return ({"role": "user", "content": value},)
+    if hasattr(value, "tolist"):  # parquet list columns come back as numpy arrays
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Bad("context", WRONG_TYPE, f"expected a non-empty list of {{role, content}} turns or a string, "
+                                          f"got {_json_type(value) if value != [] else 'an empty array'}")
+    turns = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            raise _Bad("context", WRONG_TYPE, f"turn {i}: expected an object, got {_json_type(turn)}")
+        role, content = turn.get("role"), turn.get("content")
+        if role not in _ROLES:
+            raise _Bad("context", BAD_CONTEXT, f"turn {i}: role {role!r} is not one of {_ROLES}")
+        if not isinstance(content, str):
+            raise _Bad("context", WRONG_TYPE, f"turn {i}: content: expected a string, got {_json_type(content)}")
+        turns.append({"role": role, "content": content})
+    dialogue = turns[1:] if turns[0]["role"] == "system" else turns
+    for i, turn in enumerate(dialogue):
+        expected = ("user", "assistant")[i % 2]
+        if turn["role"] != expected:
+            at = i + len(turns) - len(dialogue)
+            where = "a system turn is allowed only first" if turn["role"] == "system" else \
+                "user and assistant turns alternate, starting with the user"
+            raise _Bad("context", BAD_CONTEXT, f"turn {at}: role '{turn['role']}' where '{expected}' was expected "
+                                               f"({where})")
+    if not dialogue or dialogue[-1]["role"] != "user":
+        raise _Bad("context", BAD_CONTEXT, "the context must end with a user turn")
+    return tuple(turns)
+
+
+def _label(record: dict, field: str) -> str:
+    value = record.get(field)
+    if value is None:
+        raise _Bad(field, MISSING_FIELD, "field is missing")
+    if not isinstance(value, str):
+        raise _Bad(field, WRONG_TYPE, f"expected a string, got {_json_type(value)}")
+    return value
+
+
+def _convert(source: str):
+    def convert(record: dict, number: int) -> HS3Pair:
+        domain = _label(record, "domain")
+        if domain not in DOMAINS:
+            raise _Bad("domain", LABEL_OUT_OF_RANGE, f"{domain!r} is not one of {DOMAINS}")
+        language = _label(record, "language")
+        if "context" not in record or record["context"] is None:
+            raise _Bad("context", MISSING_FIELD, "field is missing")
+        messages = _context(record["context"])
+        response_1, response_2 = _text(record, "response1"), _text(record, "response2")
+        if record.get("overall_preference") is None:
+            raise _Bad("overall_preference", MISSING_FIELD, "field is missing")
+        try:
+            strength = _strength(record["overall_preference"])
+        except _Bad as bad:  # sources' check names HelpSteer2's field
+            raise _Bad("overall_preference", bad.reason, bad.detail.replace("strength", "preference")) from None
+        individual = record.get("individual_preference")
+        if individual is not None and not isinstance(individual, (list, tuple)) and not hasattr(individual, "tolist"):
+            raise _Bad("individual_preference", WRONG_TYPE, f"expected an array, got {_json_type(individual)}")
+        return HS3Pair(messages, response_1, response_2, strength, domain, language, source, number)
+
+    return convert
+
+
+class HS3Pairs(list):
+    """The pairs kept; ``skipped`` counts bad rows by reason, ``filtered`` rows left out by domain / language."""
+
+    def __init__(self, pairs=(), skipped: Counter | None = None, filtered: Counter | None = None):
+        super().__init__(pairs)
+        self.skipped = skipped if skipped is not None else Counter()
+        self.filtered = filtered if filtered is not None else Counter()
+
+
+def _check_filter(name: str, values, allowed=None) -> set[str] | None:
+    if values is None:
+        return None
+    values = [values] if isinstance(values, str) else list(values)
+    if not values:
+        raise ValueError(f"data.{name}=[] would keep no rows; use null for all")
+    if allowed is not None:
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ValueError(f"data.{name}: {unknown} not among HelpSteer3's {list(allowed)} (case matters)")
+    return set(values)
+
+
+def filter_pairs(pairs, domains=None, languages=None) -> HS3Pairs:
+    domains = _check_filter("domains", domains, DOMAINS)
+    languages = _check_filter("languages", languages)
+    kept, filtered = [], Counter()
+    for p in pairs:
+        if domains is not None and p.domain not in domains:
+            filtered["domain"] += 1
+        elif languages is not None and p.language not in languages:
+            filtered["language"] += 1
+        else:
+            kept.append(p)
+    return HS3Pairs(kept, Counter(getattr(pairs, "skipped", {})), filtered)
+
+
+def read_helpsteer3(path: str | os.PathLike, domains=None, languages=None, on_bad_row: str = "error") -> HS3Pairs:
+    """Pairs of a HelpSteer3-Preference ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file (``train.jsonl.gz`` /
+    ``validation.jsonl.gz``). Every row is checked before the filters apply; a bad row raises ``BadRowError``
+    (``file:line: field: reason``) or, with ``on_bad_row="skip"``, is counted in ``result.skipped``."""
+    _check_policy(on_bad_row)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"HelpSteer3 file {path}: no such file")
+    skipped = Counter()
+    pairs = list(_rows(_file_records(path), str(path), on_bad_row, skipped, _convert(str(path))))
+    out = filter_pairs(pairs, domains, languages)
+    out.skipped = skipped
+    return out
+
+
+def read_helpsteer3_hub(split: str, domains=None, languages=None, on_bad_row: str = "error",
+                        dataset: str = HUB_DATASET) -> HS3Pairs:
+    _check_policy(on_bad_row)
+    import datasets
+
+    try:
+        with _offline_mode_from_env():
+            table = datasets.load_dataset(dataset, HUB_CONFIG, split=split)
+    except _hub_connection_errors() as e:
+        raise HubUnavailableError(hub_unavailable_message(f"{dataset} ({HUB_CONFIG})", split, e)) from e
+    source = f"hf://{dataset}/{HUB_CONFIG}/{split}"
+    skipped = Counter()
+    pairs = list(_rows(enumerate(table, start=1), source, on_bad_row, skipped, _convert(source)))
+    out = filter_pairs(pairs, domains, languages)
+    out.skipped = skipped
+    return out
+
+
+def load_pairs(data_cfg, split: str) -> HS3Pairs:
+    """One split as ``data=helpsteer3_preference`` configures it (local files, or ``data.from_hub=true``)."""
+    domains, languages = data_cfg.get("domains"), data_cfg.get("languages")
+    if data_cfg.get("from_hub"):
+        path = data_cfg.get("hub_dataset") or HUB_DATASET
+        pairs = read_helpsteer3_hub(split, domains, languages, data_cfg.on_bad_row, path)
+    else:
+        path = data_cfg.get(f"{split}_file")
+        if not path:
+            raise ValueError(f"data=helpsteer3_preference needs data.{split}_file=PATH (HelpSteer3 preference "
+                             f"{split}.jsonl.gz) or data.from_hub=true")
+        pairs = read_helpsteer3(path, domains, languages, data_cfg.on_bad_row)
+    if not pairs:
+        raise ValueError(f"{path} ({split}): no pairs left (filtered out: {dict(pairs.filtered)}, "
+                         f"skipped: {dict(pairs.skipped)})")
+    return pairs
+
+
+def pair_examples(pairs) -> tuple[list[ConversationExample], list[float]]:
+    """Two rows per pair (response_1, response_2) and the strengths, as ``nemo_hs2.data.preference`` lays them out."""
+    rows, strengths = [], []
+    for i, p in enumerate(pairs):
+        last_user = p.messages[-1]["content"]
+        for response in (p.response_1, p.response_2):
+            rows.append(ConversationExample(last_user, response, {}, source=p.source, line=p.line, pair_id=i,
+                                            messages=p.messages))
+        strengths.append(float(p.strength))
+    return rows, strengths
+
+
+class ConversationFormat:
+    """Wraps a row formatter (``nemo_hs2.data.build.make_formatter``) so that conversation rows are rendered the
+    way ``RewardScorer.tokenize`` renders the same conversation; other rows go to the wrapped formatter."""
+
+    def __init__(self, base):
+        self.base = base
+        self.name = base.name
+
+    def ids(self, ex: Example) -> list[int]:
+        messages = getattr(ex, "messages", None)
+        if not messages:
+            return self.base.ids(ex)
+        conversation = [*messages, {"role": "assistant", "content": ex.response}]
+        if self.name == "steerlm":
+            from nemo_hs2.inference import conversation_to_text
+
+            # Context and response tokenized apart, as SteerLMFormat does.
+            context, response = conversation_to_text(conversation, self.base.system)
+            return list(self.base.encode(context)) + list(self.base.encode(response))
+        if self.base.system and conversation[0]["role"] != "system":
+            conversation = [{"role": "system", "content": self.base.system}, *conversation]
+        return self.base.encode(self.base.render_messages(conversation))
+
+    def identity(self) -> dict:
+        return self.base.identity()
+
+
+# ------------------------------------------------------------------------------------------------------ demo
+def demo_helpsteer3_rows(num_prompts: int, seed: int, split: str) -> list[dict]:
+    """HelpSteer3-format rows from the demo generator (NOT HelpSteer3): the demo pairs
+    (``nemo_hs2.data.preference.demo_pairs``, strength = helpfulness(response2) - helpfulness(response1), the same
+    sign convention) with contexts of one to three turns, every other one led by a system turn, and domains and
+    languages in rotation, so that the conversation and filter paths carry real training signal."""
+    from nemo_hs2.data.preference import demo_pairs
+
+    rows, strengths = demo_pairs(num_prompts, seed, split)
+    out = []
+    for i, (a, b, strength) in enumerate(zip(rows[0::2], rows[1::2], strengths)):
+        context = [{"role": "user", "content": a.prompt}]
+        if i % 3 == 1:
+            context = [{"role": "user", "content": "I need some help."},
+                       {"role": "assistant", "content": "Of course. What with?"}, *context]
+        if i % 2:
+            context = [{"role": "system", "content": "Answer in short steps."}, *context]
+        domain = DOMAINS[i % len(DOMAINS)]
+        out.append({"domain": domain, "language": "chinese" if domain == "Multilingual" else "english",
+                    "context": context, "response1": a.response, "response2": b.response,
+                    "overall_preference": int(strength), "individual_preference": []})
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    # python -m nemo_hs2.data.helpsteer3 OUT_DIR [PROMPTS]: demo train.jsonl and validation.jsonl
+    out_dir, prompts = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 256
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", prompts), ("validation", max(8, prompts // 8))):
+        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in demo_helpsteer3_rows(n, 1234, split))
+        print(f"wrote {out_dir / f'{split}.jsonl'} ({n} pairs)")
