@@ -179,7 +179,7 @@ def run(cfg: DictConfig) -> dict:
         cfg=cfg.trainer.rm, model=model, optimizer=optimizer, scheduler=scheduler, train_dataloader=train_dl,
         val_dataloader=val_dl, test_dataloader=None, logger=logger, ckpt_callback=ckpt_callback, run_timer=timer,
         run_init_validation=cfg.trainer.rm.get("run_init_validation", False),
-        reward_weights=cfg.model.regression.reward_weights, score_range=cfg.data.score_range,
+        reward_weights=model.reward_weights, score_range=cfg.data.score_range,
     )
     rm_trainer.optimizer = FiniteStepGuard(optimizer, model, rm_trainer)
     if trainer_state is not None:

@@ -37,9 +37,10 @@ def preference_metrics(arrays, bt_weights, kind: str) -> dict[str, float]:
 class RewardModelTrainer(SupervisedTrainer):
     """Replaces the per-batch mean of validation metrics by metrics computed once over every validation row."""
 
-    def __init__(self, *args, reward_weights="nemotron_340b", score_range=(0.0, 4.0), **kwargs):
+    def __init__(self, *args, reward_weights=None, score_range=(0.0, 4.0), **kwargs):
         super().__init__(*args, **kwargs)
-        self.reward_weights = reward_weights
+        # None: the model's own (resolved against its attributes when it was built)
+        self.reward_weights = self.model.reward_weights if reward_weights is None else reward_weights
         self.score_range = tuple(score_range)
 
     def run_validation(self):

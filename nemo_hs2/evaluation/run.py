@@ -25,7 +25,7 @@ RESULT_FILES = ("rewardbench.json", "rewardbench.md", "rewardbench_scores.jsonl"
 def reward_weights(model, spec=None):
     """The weights a config asks for, or (null) the ones the checkpoint trained and validated with."""
     if spec is None:
-        spec = model.cfg.regression.get("reward_weights") or "nemotron_340b"
+        return None  # RewardScorer then uses the checkpoint's own
     return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
 
 
