@@ -185,7 +185,8 @@ def run(cfg: DictConfig) -> dict:
     if trainer_state is not None:
         rm_trainer.load_state_dict(trainer_state)
     summary.update({"attributes": list(model.attributes), "data": {
-        split: {"rows": st.rows, "used": st.used, "truncated": st.truncated, "skipped": dict(st.skipped)}
+        split: {"rows": st.rows, "used": st.used, "truncated": st.truncated, "unpaired": st.unpaired,
+                "skipped": dict(st.skipped)}
         for split, st in stats.items()}})
     rm_trainer.fit()
 
