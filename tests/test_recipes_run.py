@@ -34,7 +34,8 @@ def recipe_settings(name: str) -> list[str]:
     data = "demo_preference" if cfg.data.source == "preference" else "demo"
     as_yaml = lambda v: json.dumps(OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v)
     return [f"data={data}", f"data.attributes={as_yaml(cfg.data.attributes)}",
-            f"model.regression.loss_func={reg.loss_func}", f"model.regression.bt_reward={as_yaml(reg.bt_reward)}",
+            f"model.regression.loss_func={reg.loss_func}", f"model.regression.bt_ties={reg.bt_ties}",
+            f"model.regression.bt_reward={as_yaml(reg.bt_reward)}",
             f"model.regression.reward_weights={as_yaml(reg.reward_weights)}"]
 
 

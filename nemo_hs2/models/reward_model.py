@@ -77,6 +77,8 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         self.reward_weights = dict(reg.reward_weights)
         self.bt_weights = torch.tensor(resolve_weights(reg.bt_reward, self.attributes), dtype=torch.float32)
         self.bt_loss_weight = float(reg.get("bt_loss_weight", 1.0))
+        self.bt_ties = str(reg.get("bt_ties", "drop"))
+        losses.bt_pair_included(torch.zeros(0), self.bt_ties)  # reject an unknown value at build time
         self._validation_outputs: list[dict[str, torch.Tensor]] | None = None
         self.last_loss = 0.0  # of the latest get_loss_and_metrics, on every rank (for the non-finite guard)
 
@@ -104,8 +106,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         counts = torch.zeros(2, dtype=torch.float64)
         counts[0] = batch["label_mask"].sum()
         if "preference" in batch:
-            pref = batch["preference"][0::2]
-            counts[1] = (torch.isfinite(pref) & (pref != 0)).sum()
+            counts[1] = losses.bt_pair_included(batch["preference"][0::2], self.bt_ties).sum()
         counts = counts.to(torch.cuda.current_device())
         torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
         return counts
@@ -138,7 +139,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
             if counts[1] == 0:
                 raise ValueError("a global batch without a single preference pair with nonzero strength")
             bt_sum, _ = losses.bradley_terry_sum(pred, mb["preference"], self.bt_weights.to(pred.device),
-                                                 self.bt_kind)
+                                                 self.bt_kind, self.bt_ties)
             terms["bt_loss"] = bt_sum / counts[1]
         return self.combine_losses(terms.get("regression_loss"), terms.get("bt_loss")), terms
 
