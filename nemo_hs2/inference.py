@@ -73,8 +73,8 @@ class RewardScorer:
             if self.system_given and messages[0]["role"] != "system":
                 messages = [{"role": "system", "content": self.system}, *messages]
             ids = self.encode(self.chat.render_messages(messages))
-        else:  # context and response apart, as nemo_hs2.data.dataset.SteerLMFormat does in training
-            ids = list(self.encode(context)) + list(self.encode(response))
+        else:  # the whole text, as nemo_hs2.data.dataset.SteerLMFormat does in training (and NeMo-Aligner)
+            ids = list(self.encode(context + response))
         ids = ids[-self.max_length:] if truncate else ids  # keep the end, where the reward is read
         return np.asarray(ids, dtype=np.int32)
 

@@ -47,7 +47,7 @@ def encoder_of(tokenizer):
 
 
 class SteerLMFormat:
-    """The SteerLM/Nemotron template (``nemo_hs2.data.template``), tokenized as context + response."""
+    """The SteerLM/Nemotron template (``nemo_hs2.data.template``), the whole formatted text tokenized at once."""
 
     name = "steerlm"
 
@@ -56,13 +56,14 @@ class SteerLMFormat:
         self.system = system
 
     def ids(self, ex: Example) -> list[int]:
-        # Tokenized apart so that a response's tokens never depend on the context before it (no BPE merge
-        # across the "Assistant\n" header): the same response reads the same in every prompt.
+        # As NeMo-Aligner's RegressionRewardModelDataset encodes its "text": whole. Encoding context and response
+        # apart differs with real tokenizers (a BPE merge across the header, a SentencePiece dummy prefix before
+        # the response), and a model must see at training the ids Aligner's tools will send it.
         context, response = format_example(ex.prompt, ex.response, self.system)
-        return list(self.encode(context)) + list(self.encode(response))
+        return list(self.encode(context + response))
 
     def identity(self) -> dict:
-        return {"template": self.name, "system": self.system}
+        return {"template": self.name, "system": self.system, "encoding": "whole_text"}
 
 
 class TokenRows(Sequence):
