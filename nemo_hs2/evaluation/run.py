@@ -87,7 +87,8 @@ def run(cfg, model=None) -> dict:
     written = []
 
     if rows is not None:
-        rb_summary, records = rb.evaluate(scorer, rows, progress=progress)
+        rb_summary, records = rb.evaluate(scorer, rows, progress=progress,
+                                          prior_weight=float(cfg.rewardbench.get("prior_weight") or 0.0))
         rb_summary = {"checkpoint": str(cfg.checkpoint), "source": str(rb_file), **rb_summary}
         if main:
             written.append(out.write_json(os.path.join(output_dir, "rewardbench.json"), rb_summary))
