@@ -13,7 +13,7 @@ import numpy as np
 
 from nemo_hs2.data.dataset import Collator, encoder_of
 from nemo_hs2.data.template import DEFAULT_SYSTEM, Turn, format_context, format_response
-from nemo_hs2.reward import combine, resolve_weights
+from nemo_hs2.reward import combine, resolve_weights, weights_for
 
 _ROLES = {"user": "User", "assistant": "Assistant"}
 
@@ -42,11 +42,13 @@ def conversation_to_text(conversation: Sequence[Mapping[str, str]], system: str 
 class RewardScorer:
     """Batched scoring with an ``AttributeRewardModel`` (every model-parallel rank calls ``score`` alike)."""
 
-    def __init__(self, model, weights="nemotron_340b", batch_size: int = 8, system: str | None = None,
+    def __init__(self, model, weights=None, batch_size: int = 8, system: str | None = None,
                  max_length: int | None = None, pad_to_multiple: int = 8):
         self.model = model
         self.attributes = tuple(model.attributes)
-        self.weights = resolve_weights(weights, self.attributes)
+        if weights is None:  # the checkpoint's own: what it validated with (resolved to its attributes in training)
+            weights = model.cfg.regression.get("reward_weights") or "nemotron_340b"
+        self.weights = resolve_weights(weights_for(weights, self.attributes), self.attributes)
         self.batch_size = max(1, int(batch_size))
         if system is None:  # the prompt and template the model was trained with travel in its config
             system = model.cfg.get("system_prompt")
@@ -71,8 +73,8 @@ class RewardScorer:
             if self.system_given and messages[0]["role"] != "system":
                 messages = [{"role": "system", "content": self.system}, *messages]
             ids = self.encode(self.chat.render_messages(messages))
-        else:  # context and response apart, as nemo_hs2.data.dataset.SteerLMFormat does in training
-            ids = list(self.encode(context)) + list(self.encode(response))
+        else:  # the whole text, as nemo_hs2.data.dataset.SteerLMFormat does in training (and NeMo-Aligner)
+            ids = list(self.encode(context + response))
         ids = ids[-self.max_length:] if truncate else ids  # keep the end, where the reward is read
         return np.asarray(ids, dtype=np.int32)
 

@@ -17,6 +17,18 @@ import torch.nn.functional as F
 #   regression+bt  regression plus a caller-weighted Bradley-Terry term
 LOSS_NAMES = ("regression", "regular_bt", "margin_bt", "scaled_bt", "regression+bt")
 BT_KINDS = ("regular_bt", "margin_bt", "scaled_bt")
+# Values of ``model.regression.bt_ties`` (pairs with preference strength 0):
+#   drop     left out of the loss and of its mean (a tie orders nothing)
+#   aligner  NeMo-Aligner 0.7.0: a tie counts as response_2 preferred with margin / scale 0, and in the mean
+BT_TIES = ("drop", "aligner")
+
+
+def bt_pair_included(strength: torch.Tensor, ties: str = "drop") -> torch.Tensor:
+    """Which pairs the Bradley-Terry loss is a mean over (NaN strength = no pair, e.g. sampler padding)."""
+    if ties not in BT_TIES:
+        raise ValueError(f"model.regression.bt_ties must be one of {BT_TIES}, got '{ties}'")
+    included = ~torch.isnan(strength)
+    return included & (strength != 0) if ties == "drop" else included
 
 
 def masked_mse_sum(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -32,13 +44,13 @@ def masked_mse_sum(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor)
     return (diff * diff).sum()
 
 
-def bradley_terry_sum(pred: torch.Tensor, preference: torch.Tensor, weights, kind: str
+def bradley_terry_sum(pred: torch.Tensor, preference: torch.Tensor, weights, kind: str, ties: str = "drop"
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bradley-Terry loss summed over preference pairs; returns ``(loss_sum float32, num_pairs int64)``.
 
     Rows ``2i`` and ``2i+1`` are response_1 and response_2 of pair ``i``. ``preference`` is HelpSteer2-Preference's
     ``preference_strength`` on both rows of the pair: negative prefers response_1, positive response_2, NaN means
-    no preference. The compared reward is ``pred @ weights``.
+    no preference. The compared reward is ``pred @ weights``. ``ties``: see ``BT_TIES``.
     """
     if kind not in BT_KINDS:
         raise ValueError(f"unknown Bradley-Terry kind '{kind}'; expected one of {BT_KINDS}")
@@ -60,15 +72,15 @@ def bradley_terry_sum(pred: torch.Tensor, preference: torch.Tensor, weights, kin
         # Differing values mean the rows were not laid out as pairs (e.g. a sampler reordered them).
         raise ValueError("the two rows of a pair carry different preference strengths; rows are not paired")
 
-    # A tie (strength 0) says neither response is better, so there is no ordering for the loss to learn.
-    included = ~torch.isnan(strength) & (strength != 0)
+    included = bt_pair_included(strength, ties)
     # Zero the magnitude of excluded pairs before it enters any op: a NaN there would come back as a NaN gradient
     # through logsigmoid's backward (0 * NaN) even though where() drops its value.
     magnitude = torch.where(included, strength.abs(), torch.zeros_like(strength))
 
     reward = pred.float() @ w
     r1, r2 = reward[0::2], reward[1::2]
-    chosen_minus_rejected = torch.where(strength > 0, r2 - r1, r1 - r2)
+    # strength >= 0 rather than > 0: with ties="aligner" a tie is "response_2 preferred", as NeMo-Aligner's `else`.
+    chosen_minus_rejected = torch.where(strength >= 0, r2 - r1, r1 - r2)
     if kind == "regular_bt":
         per_pair = -F.logsigmoid(chosen_minus_rejected)
     elif kind == "margin_bt":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 
 from nemo_hs2.attributes import check_attributes
+
+log = logging.getLogger(__name__)
 
 # Published linear heads over the five HelpSteer2 attributes. Verbosity is negative in both: raters rewarded
 # length, and the published combinations subtract it back out.
@@ -58,6 +61,31 @@ def resolve_weights(spec: str | Mapping[str, float], attributes: Sequence[str]) 
         # An all-zero reward is constant, so every comparison would be a tie; that is always a config mistake.
         raise ValueError(f"{source} gives every attribute weight 0")
     return weights
+
+
+def weights_for(spec: str | Mapping[str, float], attributes: Sequence[str]) -> dict[str, float]:
+    """The ``{attribute: weight}`` a model with ``attributes`` uses for ``spec``, checked by ``resolve_weights``.
+
+    A preset is restricted to the attributes present, with a warning naming the ones dropped (a model trained on
+    a subset still gets a reward); a model predicting helpfulness alone gets ``helpfulness_only``. A mapping is
+    taken as written: naming an attribute the model does not predict is an error, since the user asked for it.
+    """
+    attributes = check_attributes(attributes)
+    if isinstance(spec, str) and spec in PRESETS:
+        if tuple(attributes) == ("helpfulness",):
+            mapping = dict(PRESETS["helpfulness_only"])
+        else:
+            mapping = {a: w for a, w in PRESETS[spec].items() if a in attributes}
+        dropped = [a for a in PRESETS[spec] if a not in mapping]
+        if dropped:
+            log.warning(f"reward preset '{spec}': this model does not predict {dropped}; using "
+                        f"{mapping} over its attributes {list(attributes)}")
+        if not mapping:
+            raise ValueError(f"preset '{spec}' weights none of this model's attributes {list(attributes)}: "
+                             "set model.regression.reward_weights to a mapping {attribute: weight}")
+        spec = mapping
+    weights = resolve_weights(spec, attributes)
+    return {a: float(w) for a, w in zip(attributes, weights) if w != 0}
 
 
 def combine(predictions, weights):

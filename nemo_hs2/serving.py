@@ -50,7 +50,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from nemo_hs2.data.template import TURN_HEADER
 from nemo_hs2.reward import combine
 
 log = logging.getLogger(__name__)
@@ -116,20 +115,13 @@ class TokenScorer:
         self.eos_id = int(scorer.model.tokenizer.eos_id)
         self.vocab_size = int(scorer.model.tokenizer.vocab_size)
         self.distributed = distributed
-        self._assistant_header = TURN_HEADER.format(role="Assistant")
 
     def conversation_tokens(self, conversation) -> np.ndarray:
         return self.scorer.tokenize(conversation, truncate=False)  # over-length rows are detected, not cut
 
     def sentence_tokens(self, text: str, add_eos: bool = False) -> np.ndarray:
-        """A fully formatted text, tokenized as training tokenizes it: SteerLM text is split after the last
-        assistant header, as context and response are encoded apart in training."""
-        cut = text.rfind(self._assistant_header) if self.scorer.template == "steerlm" else -1
-        if cut >= 0:
-            cut += len(self._assistant_header)
-            ids = list(self.scorer.encode(text[:cut])) + list(self.scorer.encode(text[cut:]))
-        else:
-            ids = list(self.scorer.encode(text))
+        """A fully formatted text, tokenized as training tokenizes it: whole (as NeMo-Aligner does)."""
+        ids = list(self.scorer.encode(text))
         if add_eos:
             ids.append(self.eos_id)
         return np.asarray(ids, dtype=np.int64)

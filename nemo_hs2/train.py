@@ -179,13 +179,14 @@ def run(cfg: DictConfig) -> dict:
         cfg=cfg.trainer.rm, model=model, optimizer=optimizer, scheduler=scheduler, train_dataloader=train_dl,
         val_dataloader=val_dl, test_dataloader=None, logger=logger, ckpt_callback=ckpt_callback, run_timer=timer,
         run_init_validation=cfg.trainer.rm.get("run_init_validation", False),
-        reward_weights=cfg.model.regression.reward_weights, score_range=cfg.data.score_range,
+        reward_weights=model.reward_weights, score_range=cfg.data.score_range,
     )
     rm_trainer.optimizer = FiniteStepGuard(optimizer, model, rm_trainer)
     if trainer_state is not None:
         rm_trainer.load_state_dict(trainer_state)
     summary.update({"attributes": list(model.attributes), "data": {
-        split: {"rows": st.rows, "used": st.used, "truncated": st.truncated, "skipped": dict(st.skipped)}
+        split: {"rows": st.rows, "used": st.used, "truncated": st.truncated, "unpaired": st.unpaired,
+                "skipped": dict(st.skipped)}
         for split, st in stats.items()}})
     rm_trainer.fit()
 

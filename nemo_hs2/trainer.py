@@ -17,13 +17,13 @@ from nemo_hs2.metrics import pairwise_metrics, regression_metrics, strict_json
 from nemo_hs2.reward import resolve_weights
 
 
-def preference_metrics(arrays, bt_weights, kind: str) -> dict[str, float]:
+def preference_metrics(arrays, bt_weights, kind: str, ties: str = "drop") -> dict[str, float]:
     """Bradley-Terry loss and preference accuracy over every validation pair (rows sorted into pair order)."""
     order = np.argsort(arrays["pair_ids"], kind="stable")
     order = order[arrays["pair_ids"][order] >= 0]
     pred = torch.as_tensor(arrays["pred"][order])
     pref = torch.as_tensor(arrays["preference"][order], dtype=torch.float32)
-    total, n = bradley_terry_sum(pred, pref, bt_weights, kind)
+    total, n = bradley_terry_sum(pred, pref, bt_weights, kind, ties)
     metrics = {"bt_loss": float(total) / int(n) if int(n) else math.nan}
     reward = pred.double() @ torch.as_tensor(bt_weights, dtype=torch.float64)
     strength = pref[0::2].double()
@@ -37,9 +37,10 @@ def preference_metrics(arrays, bt_weights, kind: str) -> dict[str, float]:
 class RewardModelTrainer(SupervisedTrainer):
     """Replaces the per-batch mean of validation metrics by metrics computed once over every validation row."""
 
-    def __init__(self, *args, reward_weights="nemotron_340b", score_range=(0.0, 4.0), **kwargs):
+    def __init__(self, *args, reward_weights=None, score_range=(0.0, 4.0), **kwargs):
         super().__init__(*args, **kwargs)
-        self.reward_weights = reward_weights
+        # None: the model's own (resolved against its attributes when it was built)
+        self.reward_weights = self.model.reward_weights if reward_weights is None else reward_weights
         self.score_range = tuple(score_range)
 
     def run_validation(self):
@@ -54,7 +55,8 @@ class RewardModelTrainer(SupervisedTrainer):
             metrics.update(pairwise_metrics(arrays["pred"], arrays["target"], arrays["pair_ids"], attributes, weights))
             metrics["rows"] = int(len(arrays["pred"]))
             if self.model.loss_name != "regression":
-                metrics.update(preference_metrics(arrays, self.model.bt_weights.numpy(), self.model.bt_kind))
+                metrics.update(preference_metrics(arrays, self.model.bt_weights.numpy(), self.model.bt_kind,
+                                                  self.model.bt_ties))
         # Metrics exist on the last pipeline stage; every rank logs and returns the same dict.
         box = [metrics]
         torch.distributed.broadcast_object_list(box, src=get_last_rank())

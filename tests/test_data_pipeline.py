@@ -116,7 +116,8 @@ def test_overlength_rows_are_truncated_or_dropped_never_replaced():
             Example("c", "fits", {"helpfulness": 3.0}, pair_id=1)]
     kept, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, overlength="drop", system="S")
     assert (stats.rows, stats.used, dict(stats.skipped)) == (3, 2, {"overlength": 1})
-    assert kept.labels[:, 0].tolist() == [1.0, 3.0] and kept.pair_ids.tolist() == [0, 1]
+    assert kept.labels[:, 0].tolist() == [1.0, 3.0] and kept.pair_ids.tolist() == [-1, 1]  # "a" lost its partner
+    assert stats.unpaired == 1
     cut, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, system="S")
     assert stats.truncated == 1 and cut.labels[:, 0].tolist() == [1.0, 2.0, 3.0]
     assert cut.lengths().tolist() == [80, 100, 79] and cut.full_lengths.tolist()[1] == 74 + 80 + 8
@@ -143,3 +144,18 @@ def test_benchmark_skips_without_data(tmp_path, capsys):
     spec.loader.exec_module(bench)
     assert bench.main(["--data", str(tmp_path / "absent.jsonl")]) == 0
     assert "skipped: no data at" in capsys.readouterr().out
+
+
+def test_dropping_an_overlength_row_unpairs_its_partner():
+    """overlength=drop on HelpSteer2 pairs: the partner stays (its labels still train) but leaves pairwise metrics."""
+    from nemo_hs2.metrics import pairwise_metrics
+
+    rows = [Example("p0", "x" * 200, {"helpfulness": 1.0}, pair_id=0), Example("p0", "y", {"helpfulness": 2.0}, pair_id=0),
+            Example("p1", "z", {"helpfulness": 4.0}, pair_id=1), Example("p1", "w", {"helpfulness": 0.0}, pair_id=1),
+            Example("p2", "v", {"helpfulness": 1.0}, pair_id=2), Example("p2", "u" * 200, {"helpfulness": 3.0}, pair_id=2)]
+    ds, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, overlength="drop", system="S")
+    assert (stats.used, stats.skipped["overlength"], stats.unpaired) == (4, 2, 2)
+    assert ds.pair_ids.tolist() == [-1, 1, 1, -1] and ds.labels[:, 0].tolist() == [2.0, 4.0, 0.0, 1.0]
+    # Before: "every pair id must have exactly 2 rows". Now only pair 1 is compared.
+    metrics = pairwise_metrics(ds.labels, ds.labels, ds.pair_ids, ["helpfulness"], {"helpfulness": 1.0})
+    assert metrics["pairs/helpfulness"] == 1 and metrics["pairwise_acc/helpfulness"] == 1.0

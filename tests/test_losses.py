@@ -120,3 +120,41 @@ def test_bradley_terry_errors():
         bradley_terry_sum(pred, torch.zeros(4), WEIGHTS, "bt")
     with pytest.raises(ValueError):
         bradley_terry_sum(pred, torch.zeros(4), [1.0, 0.0, 0.0], "regular_bt")
+
+
+# NeMo-Aligner 0.7.0 (MegatronGPTRegressionRewardModel.bt_loss_func): chosen = response_1 if strength < 0 else
+# response_2 (a tie included), margin = |strength|; one pair per micro-batch, averaged over micro-batches and DP
+# ranks, so the loss is the mean over every pair, ties included. Pair 2 (rewards 3.0 vs 0.0, a tie) therefore adds
+# -logsigmoid(0.0 - 3.0) = softplus(3) for regular / margin, 0 for scaled, and counts in the mean.
+ALIGNER_TIES = {
+    "regular_bt": (EXPECTED["regular_bt"] + softplus(3.0)) / 3,
+    "margin_bt": (EXPECTED["margin_bt"] + softplus(3.0)) / 3,
+    "scaled_bt": EXPECTED["scaled_bt"] / 3,
+}
+
+
+@pytest.mark.parametrize("kind", BT_KINDS)
+def test_bt_ties_aligner_matches_hand_computation_and_aligners_own_function(kind):
+    from types import SimpleNamespace
+
+    from nemo_aligner.models.nlp.gpt.megatron_gpt_regression_reward_model import MegatronGPTRegressionRewardModel
+
+    pred = torch.tensor(PRED)
+    loss, n = bradley_terry_sum(pred, torch.tensor(PREF), WEIGHTS, kind, ties="aligner")
+    assert n.item() == 3  # the NaN pair is sampler padding, not data: excluded in both
+    assert loss.item() / n.item() == pytest.approx(ALIGNER_TIES[kind], rel=1e-6)
+    # The same through NeMo-Aligner's own function: its reward sits in output column 4, its strength in label[0, 0].
+    fake = SimpleNamespace(cfg=SimpleNamespace(loss_func=kind))
+    reward = pred @ torch.tensor(WEIGHTS)
+    per_pair = []
+    for i in range(3):
+        out = torch.zeros(2, 9)
+        out[:, 4] = reward[2 * i:2 * i + 2]
+        label = torch.full((2, 9), -100.0)
+        label[:, 0] = PREF[2 * i]
+        per_pair.append(float(MegatronGPTRegressionRewardModel.bt_loss_func(fake, out, label)))
+    assert loss.item() / n.item() == pytest.approx(np.mean(per_pair), rel=1e-6)
+    dropped, n_drop = bradley_terry_sum(pred, torch.tensor(PREF), WEIGHTS, kind, ties="drop")
+    assert n_drop.item() == 2 and dropped.item() == pytest.approx(EXPECTED[kind], rel=1e-6)
+    with pytest.raises(ValueError, match="bt_ties"):
+        bradley_terry_sum(pred, torch.tensor(PREF), WEIGHTS, kind, ties="keep")

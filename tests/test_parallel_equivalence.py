@@ -53,6 +53,20 @@ def test_inference_api_matches_the_training_path(reference):
     assert inference["reward_gap"] <= 1e-9
 
 
+def check_absolute_loss(results):
+    """Reported loss == numpy masked MSE of the model's own predictions (on the ranks that hold them)."""
+    checked = [r["absolute"] for r in results if r["absolute"] is not None]
+    assert checked, "no rank reported predictions"
+    for a in checked:
+        assert a["rows"] == 8
+        assert abs(a["val_loss"] - a["numpy_mse"]) <= 1e-5 * max(1.0, a["numpy_mse"]), a
+        assert abs(a["train_loss"] - a["numpy_mse"]) <= 1e-5 * max(1.0, a["numpy_mse"]), a
+
+
+def test_absolute_loss_single_process(reference):
+    check_absolute_loss([reference[2]])
+
+
 LAYOUTS = {
     "tp2": (2, ["trainer.devices=2", "model.tensor_model_parallel_size=2"]),
     "pp2": (2, ["trainer.devices=2", "model.pipeline_model_parallel_size=2"]),
@@ -74,6 +88,7 @@ def test_layout_matches_single_process(reference, layout):
         for key, diff in rank_result["diffs"].items():
             seen[key] = max(seen.get(key, 0.0), diff)
     print(f"\n{layout}: max |diff| = {max(seen.values()):.3e}")
+    check_absolute_loss(results)  # e.g. tp2pp2: the last pipeline stage's TP ranks
     # Every loss variant was compared, and the gradients of the head and of a backbone layer were among them.
     losses = ("regression",) if layout == "mbs1" else ("regression", "regular_bt", "margin_bt", "scaled_bt",
                                                         "regression+bt")

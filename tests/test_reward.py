@@ -85,3 +85,17 @@ def test_combine_shape_mismatch():
         combine(np.zeros((3, 2)), np.ones(3))
     with pytest.raises(ValueError):
         combine(torch.zeros(3, 2), np.ones(3))
+
+
+def test_weights_for_restricts_a_preset_and_names_what_it_dropped(caplog):
+    from nemo_hs2.reward import weights_for
+
+    with caplog.at_level("WARNING", logger="nemo_hs2.reward"):
+        got = weights_for("llama3_70b", ("verbosity", "helpfulness"))
+    assert got == {"verbosity": -0.4, "helpfulness": 0.65}  # the model card's values, by name
+    assert "['correctness', 'coherence', 'complexity']" in caplog.text
+    assert weights_for("nemotron_340b", ("helpfulness",)) == {"helpfulness": 1.0}  # helpfulness_only
+    assert weights_for("nemotron_340b", HELPSTEER2_ATTRIBUTES) == PRESETS["nemotron_340b"]
+    # A mapping is what the user asked for: an attribute the model lacks stays an error.
+    with pytest.raises(ValueError, match="coherence"):
+        weights_for({"coherence": 1.0}, ("helpfulness",))

@@ -134,6 +134,25 @@ def test_overall_is_the_mean_of_the_four_sections():
     assert full["overall"] == 1.0 and full["missing_sections"] == []
 
 
+def test_leaderboard_prior_sets_weighting_by_hand():
+    """Worked by hand, not through our aggregation: one subset per section, three prior sets.
+
+    Chat 1/2 = 0.5, Chat Hard 1/1 = 1.0, Safety 3/4 = 0.75, Reasoning 2/2 = 1.0; prior sets: anthropic_helpful 1/2,
+    shp 1/1, summarize 0/1 -> plain mean (0.5 + 1 + 0) / 3 = 0.5. Four-section mean 3.25 / 4 = 0.8125; the
+    leaderboard's (3.25 + 0.5 x 0.5) / 4.5 = 3.5 / 4.5.
+    """
+    subsets = (["alpacaeval-easy"] * 2 + ["llmbar-natural"] + ["donotanswer"] * 4 + ["hep-go"] * 2
+               + ["anthropic_helpful"] * 2 + ["shp", "summarize"])
+    results = [1, 0] + [1] + [0, 1, 1, 1] + [1, 1] + [1, 0] + [1, 0]
+    plain = rb.aggregate(subsets, results)
+    assert plain["overall"] == pytest.approx(0.8125) and plain["prior_sets"] == pytest.approx(0.5)
+    board = rb.aggregate(subsets, results, prior_weight=rb.LEADERBOARD_PRIOR_WEIGHT)
+    assert board["overall"] == pytest.approx(3.5 / 4.5) and board["prior_weight"] == 0.5
+    assert board["sections"] == plain["sections"] == {"Chat": 0.5, "Chat Hard": 1.0, "Safety": 0.75, "Reasoning": 1.0}
+    # Without any prior-set row the leaderboard number is missing, not the four-section mean.
+    assert rb.aggregate(subsets[:9], results[:9], prior_weight=0.5)["overall"] is None
+
+
 def test_section_weights_are_upstreams():
     assert sum(len(v) for v in rb.SUBSET_MAPPING.values()) == len(rb.EXAMPLE_COUNTS) == 23
     assert rb.EXAMPLE_COUNTS["math-prm"] == 984 and rb.EXAMPLE_COUNTS["xstest-should-respond"] == 250

@@ -21,17 +21,19 @@ class TokenizeStats:
     rows: int = 0  # rows read, bad ones included: rows == used + sum(skipped.values())
     used: int = 0
     truncated: int = 0
+    unpaired: int = 0  # rows kept whose pair partner was dropped (overlength=drop): their pair_id is -1
     skipped: Counter = dataclasses.field(default_factory=Counter)
     cache_path: str | None = None  # the cache directory this split was read from or written to
     cache_hit: bool = False
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "used": self.used, "truncated": self.truncated, "skipped": dict(self.skipped)}
+        return {"rows": self.rows, "used": self.used, "truncated": self.truncated, "unpaired": self.unpaired,
+                "skipped": dict(self.skipped)}
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizeStats:
         return cls(rows=int(d["rows"]), used=int(d["used"]), truncated=int(d["truncated"]),
-                   skipped=Counter({str(k): int(v) for k, v in d["skipped"].items()}))
+                   unpaired=int(d.get("unpaired", 0)), skipped=Counter({str(k): int(v) for k, v in d["skipped"].items()}))
 
 
 def encoder_of(tokenizer):
@@ -45,7 +47,7 @@ def encoder_of(tokenizer):
 
 
 class SteerLMFormat:
-    """The SteerLM/Nemotron template (``nemo_hs2.data.template``), tokenized as context + response."""
+    """The SteerLM/Nemotron template (``nemo_hs2.data.template``), the whole formatted text tokenized at once."""
 
     name = "steerlm"
 
@@ -54,13 +56,14 @@ class SteerLMFormat:
         self.system = system
 
     def ids(self, ex: Example) -> list[int]:
-        # Tokenized apart so that a response's tokens never depend on the context before it (no BPE merge
-        # across the "Assistant\n" header): the same response reads the same in every prompt.
+        # As NeMo-Aligner's RegressionRewardModelDataset encodes its "text": whole. Encoding context and response
+        # apart differs with real tokenizers (a BPE merge across the header, a SentencePiece dummy prefix before
+        # the response), and a model must see at training the ids Aligner's tools will send it.
         context, response = format_example(ex.prompt, ex.response, self.system)
-        return list(self.encode(context)) + list(self.encode(response))
+        return list(self.encode(context + response))
 
     def identity(self) -> dict:
-        return {"template": self.name, "system": self.system}
+        return {"template": self.name, "system": self.system, "encoding": "whole_text"}
 
 
 class TokenRows(Sequence):
@@ -177,7 +180,8 @@ def tokenize_examples(examples: Iterable[Example], tokenizer, attributes: Sequen
     ``formatter`` turns an Example into token ids (default: the SteerLM template with ``system``; see also
     ``nemo_hs2.data.chat_template``). An over-long row either loses tokens from the left, so the response end
     and the end-of-response token (where the reward is read) always survive, or is dropped and counted; it is
-    never replaced by another row.
+    never replaced by another row. A dropped row's pair partner stays as an unpaired row (pair id -1; its labels
+    still train the regression), counted in ``stats.unpaired``, so pairwise metrics only see whole pairs.
     """
     if overlength not in OVERLENGTH_POLICIES:
         raise ValueError(f"data.overlength must be one of {OVERLENGTH_POLICIES}, got '{overlength}'")
@@ -185,6 +189,7 @@ def tokenize_examples(examples: Iterable[Example], tokenizer, attributes: Sequen
         formatter = SteerLMFormat(tokenizer, system)
     stats = TokenizeStats()
     tokens, labels, pair_ids, full_lengths = [], [], [], []
+    broken_pairs = set()
     if progress:
         from tqdm.auto import tqdm
 
@@ -197,6 +202,8 @@ def tokenize_examples(examples: Iterable[Example], tokenizer, attributes: Sequen
         if full > max_length:
             if overlength == "drop":
                 stats.skipped["overlength"] += 1
+                if ex.pair_id >= 0:
+                    broken_pairs.add(ex.pair_id)
                 continue
             ids = ids[full - max_length:]
             stats.truncated += 1
@@ -206,7 +213,12 @@ def tokenize_examples(examples: Iterable[Example], tokenizer, attributes: Sequen
         full_lengths.append(full)
         stats.used += 1
     labels = np.asarray(labels, dtype=np.float32).reshape(len(tokens), len(attributes))
-    ds = RewardDataset(tokens, labels, np.asarray(pair_ids, dtype=np.int64), attributes,
+    pair_ids = np.asarray(pair_ids, dtype=np.int64)
+    if broken_pairs:
+        partners = np.isin(pair_ids, np.fromiter(broken_pairs, dtype=np.int64))
+        pair_ids[partners] = -1
+        stats.unpaired = int(partners.sum())
+    ds = RewardDataset(tokens, labels, pair_ids, attributes,
                        full_lengths=np.asarray(full_lengths, dtype=np.int64))
     return ds, stats
 

@@ -53,6 +53,7 @@ def split_report(dataset, stats, attributes: Sequence[str], score_range: Sequenc
         "used": int(stats.used),
         "skipped": {k: int(v) for k, v in sorted(stats.skipped.items())},
         "truncated": int(stats.truncated),
+        "unpaired": int(stats.unpaired),  # kept, but their pair partner was dropped
         "tokens": length_summary(dataset.lengths()),
     }
     full = getattr(dataset, "full_lengths", None)

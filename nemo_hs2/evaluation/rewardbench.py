@@ -43,6 +43,11 @@ SUBSET_MAPPING = {
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }
 SECTIONS = tuple(SUBSET_MAPPING)
+# The leaderboard's "Prior Sets (0.5 weight)": the plain mean of these subsets' accuracies (allenai/
+# preference-test-sets), added to the four sections with weight 0.5: (Chat + Chat Hard + Safety + Reasoning +
+# 0.5 Prior) / 4.5. Not in the "filtered" split; the HelpSteer2 papers report the four-section mean.
+PRIOR_SETS = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
+LEADERBOARD_PRIOR_WEIGHT = 0.5
 SECTION_OF = {subset: section for section, subsets in SUBSET_MAPPING.items() for subset in subsets}
 HUB_DATASET = "allenai/reward-bench"
 HUB_SPLIT = "filtered"
@@ -143,9 +148,24 @@ def section_scores(subset_accuracy: Mapping[str, float]) -> dict[str, float | No
     return out
 
 
-def overall_score(sections: Mapping[str, float | None]) -> float | None:
+def overall_score(sections: Mapping[str, float | None], prior: float | None = None,
+                  prior_weight: float = 0.0) -> float | None:
+    """Mean of the four sections; with ``prior_weight`` > 0 the prior-sets score joins with that weight (missing
+    if it is)."""
     values = [sections.get(s) for s in SECTIONS]
-    return None if any(v is None for v in values) else float(sum(values) / len(values))
+    if any(v is None for v in values):
+        return None
+    if not prior_weight:
+        return float(sum(values) / len(values))
+    if prior is None:
+        return None
+    return float((sum(values) + prior_weight * prior) / (len(values) + prior_weight))
+
+
+def prior_sets_score(subset_accuracy: Mapping[str, float]) -> float | None:
+    """The leaderboard's prior-sets score: the unweighted mean over the ``PRIOR_SETS`` subsets present."""
+    present = [subset_accuracy[s] for s in PRIOR_SETS if s in subset_accuracy]
+    return float(sum(present) / len(present)) if present else None
 
 
 def _display_order(subset: str):
@@ -156,8 +176,11 @@ def _display_order(subset: str):
     return len(SECTIONS), 0, subset
 
 
-def aggregate(subsets: Sequence[str], results: Sequence[int]) -> dict:
-    """Per-subset counts, section scores and the overall score from per-row outcomes (1 correct, 0 not)."""
+def aggregate(subsets: Sequence[str], results: Sequence[int], prior_weight: float = 0.0) -> dict:
+    """Per-subset counts, section scores and the overall score from per-row outcomes (1 correct, 0 not).
+
+    ``prior_weight``: 0 (the four-section mean, as the HelpSteer2 papers report) or the leaderboard's 0.5.
+    """
     if len(subsets) != len(results):
         raise ValueError(f"{len(subsets)} subsets for {len(results)} results")
     counts: dict[str, list[int]] = {}
@@ -174,20 +197,24 @@ def aggregate(subsets: Sequence[str], results: Sequence[int]) -> dict:
         else:
             unknown[subset] = entry
     sections = section_scores({s: v["accuracy"] for s, v in known.items()})
+    prior = prior_sets_score({s: v["accuracy"] for s, v in unknown.items()})
     total = len(results)
     return {
         "subsets": known,
         "unknown_subsets": unknown,
         "sections": sections,
         "missing_sections": [s for s in SECTIONS if sections[s] is None],
-        "overall": overall_score(sections),
+        "overall": overall_score(sections, prior, prior_weight),
+        "prior_sets": prior,
+        "prior_weight": float(prior_weight),
         "rows": total,
         # rewardbench.py's "accuracy": correct / rows over every row scored, whatever its subset.
         "all_rows_accuracy": sum(int(r) for r in results) / total if total else None,
     }
 
 
-def evaluate(scorer, rows: Sequence[Row], progress: bool = True) -> tuple[dict, list[dict]]:
+def evaluate(scorer, rows: Sequence[Row], progress: bool = True, prior_weight: float = 0.0
+             ) -> tuple[dict, list[dict]]:
     """Score both sides of every row; returns the results dict and one record per row."""
     from nemo_hs2.evaluation.scoring import score_conversations
 
@@ -200,7 +227,7 @@ def evaluate(scorer, rows: Sequence[Row], progress: bool = True) -> tuple[dict, 
     scored = score_conversations(scorer, convs, desc="RewardBench", progress=progress)
     chosen, rejected = scored.reward[0::2], scored.reward[1::2]
     results = outcomes(chosen, rejected)
-    summary = aggregate([r.subset for r in rows], results.tolist())
+    summary = aggregate([r.subset for r in rows], results.tolist(), prior_weight)
     over = scored.lengths > scored.max_length
     summary.update({"ties": int(np.sum(chosen == rejected)), "truncated_rows": int(np.sum(over[0::2] | over[1::2])),
         "max_length": scored.max_length,

@@ -27,7 +27,7 @@ RESULT_FILES = ("rewardbench.json", "rewardbench.md", "rewardbench_scores.jsonl"
 def reward_weights(model, spec=None):
     """The weights a config asks for, or (null) the ones the checkpoint trained and validated with."""
     if spec is None:
-        spec = model.cfg.regression.get("reward_weights") or "nemotron_340b"
+        return None  # RewardScorer then uses the checkpoint's own
     return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
 
 
@@ -95,7 +95,8 @@ def run(cfg, model=None) -> dict:
     written = []
 
     if rows is not None:
-        rb_summary, records = rb.evaluate(scorer, rows, progress=progress)
+        rb_summary, records = rb.evaluate(scorer, rows, progress=progress,
+                                          prior_weight=float(cfg.rewardbench.get("prior_weight") or 0.0))
         rb_summary = {"checkpoint": str(cfg.checkpoint), "source": str(rb_file), **rb_summary}
         if main:
             written.append(out.write_json(os.path.join(output_dir, "rewardbench.json"), rb_summary))

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, open_dict
 from nemo_hs2 import losses
 from nemo_hs2.attributes import check_attributes
 from nemo_hs2.data.dataset import pad_length
-from nemo_hs2.reward import resolve_weights
+from nemo_hs2.reward import resolve_weights, weights_for
 
 _STEP_KEYS = ("inputs", "lengths", "position_ids", "labels", "label_mask", "pair_ids", "preference")
 _COLLECTED = ("labels", "label_mask", "pair_ids", "preference")
@@ -48,7 +48,16 @@ def prepare_model_config(cfg: DictConfig) -> DictConfig:
             f"model.loss_func='{top_level}' disagrees with model.regression.loss_func='{loss_name}'; "
             "nemo_hs2 reads model.regression.loss_func only: remove model.loss_func"
         )
+    # Resolved here, before training, into the mapping the checkpoint then carries: validation, scoring, evaluation
+    # and serving all read this one, and a preset over attributes the model lacks is restricted (with a warning).
+    weights = weights_for(reg.get("reward_weights") or "nemotron_340b", attributes)
+    bt_reward = reg.get("bt_reward", "helpfulness")
+    if isinstance(bt_reward, str) and bt_reward in attributes:  # one named attribute
+        bt_reward = {bt_reward: 1.0}
+    bt_reward = weights_for(bt_reward, attributes)
     with open_dict(cfg):
+        reg.reward_weights = weights
+        reg.bt_reward = bt_reward
         reg.num_attributes = len(attributes)
         reg.merge_attributes = False  # the head must output every attribute; rewards are combined by name
         reg.attribute_weights = None
@@ -65,11 +74,11 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         self.attributes = tuple(reg.attributes)
         self.loss_name = reg.loss_func
         self.pad_to_multiple = int(self.cfg.get("pad_to_multiple", 8))
-        bt_reward = reg.get("bt_reward", "helpfulness")
-        if isinstance(bt_reward, str) and bt_reward in self.attributes:  # one named attribute
-            bt_reward = {bt_reward: 1.0}
-        self.bt_weights = torch.tensor(resolve_weights(bt_reward, self.attributes), dtype=torch.float32)
+        self.reward_weights = dict(reg.reward_weights)
+        self.bt_weights = torch.tensor(resolve_weights(reg.bt_reward, self.attributes), dtype=torch.float32)
         self.bt_loss_weight = float(reg.get("bt_loss_weight", 1.0))
+        self.bt_ties = str(reg.get("bt_ties", "drop"))
+        losses.bt_pair_included(torch.zeros(0), self.bt_ties)  # reject an unknown value at build time
         self._validation_outputs: list[dict[str, torch.Tensor]] | None = None
         self.last_loss = 0.0  # of the latest get_loss_and_metrics, on every rank (for the non-finite guard)
 
@@ -97,8 +106,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         counts = torch.zeros(2, dtype=torch.float64)
         counts[0] = batch["label_mask"].sum()
         if "preference" in batch:
-            pref = batch["preference"][0::2]
-            counts[1] = (torch.isfinite(pref) & (pref != 0)).sum()
+            counts[1] = losses.bt_pair_included(batch["preference"][0::2], self.bt_ties).sum()
         counts = counts.to(torch.cuda.current_device())
         torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
         return counts
@@ -131,7 +139,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
             if counts[1] == 0:
                 raise ValueError("a global batch without a single preference pair with nonzero strength")
             bt_sum, _ = losses.bradley_terry_sum(pred, mb["preference"], self.bt_weights.to(pred.device),
-                                                 self.bt_kind)
+                                                 self.bt_kind, self.bt_ties)
             terms["bt_loss"] = bt_sum / counts[1]
         return self.combine_losses(terms.get("regression_loss"), terms.get("bt_loss")), terms
 

@@ -105,7 +105,7 @@ def main():
     batch = Collator(pad_id=0, pad_to_multiple=8)(mine)
     batch["preference"] = torch.tensor([r["preference"] for r in mine], dtype=torch.float32)
 
-    outputs = {}
+    outputs, absolute = {}, None
     rows_per_micro_batch = len(mine) // (int(cfg.model.global_batch_size) // (int(cfg.model.micro_batch_size) * dp))
     # A Bradley-Terry micro-batch holds whole pairs; single-row micro-batches can only check the regression loss.
     for loss_name in LOSSES if rows_per_micro_batch % 2 == 0 else LOSSES[:1]:
@@ -129,6 +129,15 @@ def main():
                 grads[global_name(name)] = g.detach().clone()
         outputs[loss_name] = {"val_loss": val_loss, "train_loss": train_loss, "grads": grads,
                               "pred": None if arrays is None else arrays["pred"]}
+        if loss_name == "regression" and arrays is not None:
+            # The absolute check: the loss the model reports against a masked MSE computed here in numpy from the
+            # model's own predictions and the rows' labels (every present label of the global batch, equally
+            # weighted), so a normaliser wrong in every layout alike is still caught.
+            labels = np.stack([r["labels"] for r in rows]).astype(np.float64)
+            present = ~np.isnan(labels)
+            err = np.where(present, arrays["pred"].astype(np.float64) - np.nan_to_num(labels), 0.0)
+            absolute = {"val_loss": val_loss, "train_loss": train_loss,
+                        "numpy_mse": float((err ** 2).sum() / present.sum()), "rows": int(len(arrays["pred"]))}
 
     # Inference API: conversations through the same template/tokenizer as training, in odd-sized batches.
     examples = demo_examples(5, seed=3, split="validation")[:9]
@@ -166,7 +175,7 @@ def main():
                    "pred_gap": float(np.abs(got["dynamic"][1] - got["full"][1]).max()),
                    "widths": [got["dynamic"][2], got["full"][2]]}
 
-    result = {"layout": {"tp": tp, "pp": pp, "dp": dp}, "padding": padding,
+    result = {"layout": {"tp": tp, "pp": pp, "dp": dp}, "padding": padding, "absolute": absolute,
               "inference": {"batch_size_gap": float(np.abs(scored[2] - scored[9]).max()), "reward_gap": reward_gap,
                             "training_path_gap": training_path_gap}}
     if args.save:
