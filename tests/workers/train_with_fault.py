@@ -2,8 +2,9 @@
 
     python tests/workers/train_with_fault.py FAULT STEP [hydra overrides...]
 
-FAULT is ``nan`` (the regression loss turns NaN at STEP) or ``kill_during_save`` (SIGKILL after the checkpoint
-files of STEP are written but before NeMo clears its unfinished marker).
+FAULT is ``nan`` (the regression loss turns NaN at STEP), ``kill_during_save`` (the trainer alone is SIGKILLed
+while megatron-core's writer processes write the "-last" checkpoint of STEP, as the OOM killer or ``kill -9`` would)
+or ``kill_rank:R`` (rank R SIGKILLs itself in the forward pass of training step STEP).
 """
 
 import os
@@ -38,17 +39,39 @@ def main():
 
         rm.losses.masked_mse_sum = poisoned
     elif fault == "kill_during_save":
-        from nemo.utils.callbacks.nemo_model_checkpoint import NeMoModelCheckpoint
+        import time
 
-        real_remove = NeMoModelCheckpoint.remove_checkpoint_unfinished_marker
+        from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync as Writer
 
-        def remove(checkpoint_path, barrier_before=False):
-            name = os.path.basename(str(checkpoint_path))
-            if f"step={step}-" in name and "-last" in name:
-                os.killpg(os.getpgrp(), signal.SIGKILL)  # the whole job, as a scheduler would
-            return real_remove(checkpoint_path, barrier_before)
+        real_write = Writer.write_preloaded_data  # runs in a writer process forked by the trainer
 
-        NeMoModelCheckpoint.remove_checkpoint_unfinished_marker = staticmethod(remove)
+        def write(local_proc_idx, write_bucket, *args, **kwargs):
+            name = os.path.basename(os.path.dirname(str(write_bucket[0])))
+            if f"step={step}-" in name and name.endswith("-last"):
+                os.kill(os.getppid(), signal.SIGKILL)
+                time.sleep(2.0)  # still writing when the trainer is gone
+            return real_write(local_proc_idx, write_bucket, *args, **kwargs)
+
+        Writer.write_preloaded_data = staticmethod(write)
+    elif fault.startswith("kill_rank:"):
+        import torch
+
+        import nemo_hs2.models.reward_model as rm
+        from nemo_hs2.trainer import RewardModelTrainer
+
+        rank, state = int(fault.split(":")[1]), {"step": 0}
+        real_step, real_loss = RewardModelTrainer.train_single_step, rm.losses.masked_mse_sum
+
+        def train_single_step(self, batch):
+            state["step"] = self.step + 1
+            return real_step(self, batch)
+
+        def loss(pred, target, mask):
+            if state["step"] == step and torch.is_grad_enabled() and torch.distributed.get_rank() == rank:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_loss(pred, target, mask)
+
+        RewardModelTrainer.train_single_step, rm.losses.masked_mse_sum = train_single_step, loss
     else:
         raise SystemExit(f"unknown fault {fault}")
 
