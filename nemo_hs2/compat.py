@@ -326,7 +326,8 @@ def _dist_ckpt_helpers_die_with_parent():
     import megatron.core.dist_checkpointing.strategies.filesystem_async as mcore_fs
 
     Writer = mcore_fs.FileSystemWriterAsync
-    if not (hasattr(mcore_fs, "_get_write_results_queue") and hasattr(Writer, "write_preloaded_data")):
+    if not all(hasattr(o, n) for o, n in ((mcore_fs, "_get_write_results_queue"), (mcore_fs, "_results_queue"),
+                                          (Writer, "write_preloaded_data"), (Writer, "write_preloaded_data_multiproc"))):
         raise CompatError("patch 'dist-ckpt-helpers-die-with-parent': megatron-core's filesystem_async has moved")
 
     def get_write_results_queue():
@@ -336,13 +337,21 @@ def _dist_ckpt_helpers_die_with_parent():
             mcore_fs._results_queue = manager.Queue()
         return mcore_fs._results_queue
 
-    write = Writer.write_preloaded_data  # runs in a forked child of the process that saves
+    # The save runs in a process forked from the trainer (mcore's DistributedAsyncCaller) or inline in the trainer;
+    # it forks one writer per file. Forked processes are linked to their parent; the trainer itself is left alone.
+    write_all, write = Writer.write_preloaded_data_multiproc, Writer.write_preloaded_data
+
+    def write_preloaded_data_multiproc(*args, **kwargs):
+        if multiprocessing.parent_process() is not None:
+            die_with_parent(multiprocessing.parent_process().pid)
+        return write_all(*args, **kwargs)
 
     def write_preloaded_data(*args, **kwargs):
         die_with_parent(multiprocessing.parent_process().pid)
         return write(*args, **kwargs)
 
     mcore_fs._get_write_results_queue = get_write_results_queue
+    Writer.write_preloaded_data_multiproc = staticmethod(write_preloaded_data_multiproc)
     Writer.write_preloaded_data = staticmethod(write_preloaded_data)
 
 

@@ -71,13 +71,25 @@ class FiniteStepGuard:
     def __getattr__(self, name):
         return getattr(self._optimizer, name)
 
-    def step(self, closure=None):
-        loss = getattr(self._model, "last_loss", 0.0)
-        grads = [g for group in self._optimizer.param_groups for p in group["params"]
+    def _nonfinite_gradients(self) -> torch.Tensor:
+        """[1.] if a gradient of this rank is not finite, else [0.], on the device (no host sync)."""
+        opt = self._optimizer
+        if callable(getattr(opt, "grad_norm", None)) and hasattr(opt, "_grad_norm"):
+            # apex distributed_fused_adam (GPU presets): gradients live in the optimizer's sharded buckets and p.grad
+            # is None; its grad norm (reduced over all ranks, cached for clipping) is non-finite iff a shard is.
+            return torch.isfinite(opt.grad_norm()).logical_not().float().reshape(1)
+        # The model's own gradients: mcore DDP's grad buffers (main_grad) or .grad. Not the optimizer's parameters:
+        # megatron-core's distributed optimizer fills its fp32 shards' .grad only inside step(), after this check.
+        grads = [g for p in self._model.parameters()
                  if (g := p.grad if getattr(p, "main_grad", None) is None else p.main_grad) is not None]
         local = torch.zeros(1, dtype=torch.float32, device=torch.cuda.current_device())
         if grads:  # reduced on the device: one host sync per step, not one per parameter
             local[0] = torch.stack([torch.isfinite(g).logical_not().any() for g in grads]).any()
+        return local
+
+    def step(self, closure=None):
+        loss = getattr(self._model, "last_loss", 0.0)
+        local = self._nonfinite_gradients()
         torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX)
         if not math.isfinite(loss) or local.item() > 0:
             step = self._trainer_state.step + 1

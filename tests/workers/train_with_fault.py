@@ -4,7 +4,11 @@
 
 FAULT is ``nan`` (the regression loss turns NaN at STEP), ``kill_during_save`` (the trainer alone is SIGKILLed
 while megatron-core's writer processes write the "-last" checkpoint of STEP, as the OOM killer or ``kill -9`` would)
-or ``kill_rank:R`` (rank R SIGKILLs itself in the forward pass of training step STEP).
+``kill_rank:R`` (rank R SIGKILLs itself in the forward pass of training step STEP) or ``nan_grad`` (the loss of
+STEP stays finite, its backward pass turns NaN).
+
+With ``model.optim.name=mcore_distributed_optim`` on a machine without CUDA, CPU tensors report CUDA type names
+(test-only): megatron-core's distributed optimizer dispatches on ``param.type()`` and otherwise refuses CPU tensors.
 """
 
 import os
@@ -14,8 +18,47 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def in_training_step(step, fn):
+    """Pass the predictions of training step ``step`` (not validation) through ``fn`` before the loss."""
+    import torch
+
+    import nemo_hs2.models.reward_model as rm
+    from nemo_hs2.trainer import RewardModelTrainer
+
+    state = {"step": 0}
+    real_step, real_loss = RewardModelTrainer.train_single_step, rm.losses.masked_mse_sum
+
+    def train_single_step(self, batch):
+        state["step"] = self.step + 1
+        return real_step(self, batch)
+
+    def loss(pred, target, mask):
+        if state["step"] == step and torch.is_grad_enabled():
+            pred = fn(pred)
+        return real_loss(pred, target, mask)
+
+    RewardModelTrainer.train_single_step, rm.losses.masked_mse_sum = train_single_step, loss
+
+
+def cuda_type_names():
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    real_type = torch.Tensor.type
+
+    def type_name(self, *args, **kwargs):
+        name = real_type(self, *args, **kwargs)
+        if args or kwargs or not isinstance(name, str) or name.startswith("torch.cuda."):
+            return name
+        return name.replace("torch.", "torch.cuda.", 1)
+
+    torch.Tensor.type = type_name
+
+
 def main():
     fault, step, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    trainer_pid = os.getpid()
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -23,6 +66,9 @@ def main():
     OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
         cfg = compose(config_name="train_reward_model", overrides=overrides)
+
+    if cfg.model.optim.name == "mcore_distributed_optim":
+        cuda_type_names()
 
     if fault == "nan":
         import nemo_hs2.models.reward_model as rm
@@ -43,12 +89,12 @@ def main():
 
         from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync as Writer
 
-        real_write = Writer.write_preloaded_data  # runs in a writer process forked by the trainer
+        real_write = Writer.write_preloaded_data  # runs in a writer process, a grandchild of the trainer
 
         def write(local_proc_idx, write_bucket, *args, **kwargs):
             name = os.path.basename(os.path.dirname(str(write_bucket[0])))
             if f"step={step}-" in name and name.endswith("-last"):
-                os.kill(os.getppid(), signal.SIGKILL)
+                os.kill(trainer_pid, signal.SIGKILL)
                 time.sleep(2.0)  # still writing when the trainer is gone
             return real_write(local_proc_idx, write_bucket, *args, **kwargs)
 
@@ -56,22 +102,27 @@ def main():
     elif fault.startswith("kill_rank:"):
         import torch
 
-        import nemo_hs2.models.reward_model as rm
-        from nemo_hs2.trainer import RewardModelTrainer
+        rank = int(fault.split(":")[1])
 
-        rank, state = int(fault.split(":")[1]), {"step": 0}
-        real_step, real_loss = RewardModelTrainer.train_single_step, rm.losses.masked_mse_sum
-
-        def train_single_step(self, batch):
-            state["step"] = self.step + 1
-            return real_step(self, batch)
-
-        def loss(pred, target, mask):
-            if state["step"] == step and torch.is_grad_enabled() and torch.distributed.get_rank() == rank:
+        def kill(pred):
+            if torch.distributed.get_rank() == rank:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real_loss(pred, target, mask)
+            return pred
 
-        RewardModelTrainer.train_single_step, rm.losses.masked_mse_sum = train_single_step, loss
+        in_training_step(step, kill)
+    elif fault == "nan_grad":
+        import torch
+
+        class NanBackward(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.view_as(x)
+
+            @staticmethod
+            def backward(ctx, grad):
+                return grad * float("nan")
+
+        in_training_step(step, NanBackward.apply)
     else:
         raise SystemExit(f"unknown fault {fault}")
 
