@@ -74,7 +74,7 @@ class Environment:
 @dataclasses.dataclass(frozen=True)
 class Patch:
     name: str
-    kind: str  # what is missing: "cuda", "apex", "te"; or "env" / "torch" for the environment and torch API
+    kind: str  # what is missing: "cuda", "apex", "te"; "env" / "torch": environment, torch API; "process": lifetimes
     why: str
     needed: Callable[[Environment], bool]
     dists: tuple[str, ...]
@@ -327,6 +327,61 @@ def _torch_loads_weights_only(env):
         "(a pickled DictConfig)", _torch_loads_weights_only, dists=("megatron_core",))
 def _torch_load_weights_only():
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+
+# ------------------------------------------------------------------------------------------- process lifetime
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Runs inside helper processes (it is pickled by name into spawned ones). The signal is tied to the thread that
+    started the helper; mcore starts them from the training thread, which lives as long as the trainer.
+    """
+    import ctypes
+    import signal
+
+    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
+        os._exit(1)
+
+
+@_patch("dist-ckpt-helpers-die-with-parent", "process", "mcore's checkpoint writer starts a spawn Manager server (and "
+        "forked writers) that outlive a SIGKILLed trainer; make them die with it",
+        lambda env: sys.platform.startswith("linux"), dists=("megatron_core",))
+def _dist_ckpt_helpers_die_with_parent():
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    import megatron.core.dist_checkpointing.strategies.filesystem_async as mcore_fs
+
+    Writer = mcore_fs.FileSystemWriterAsync
+    if not all(hasattr(o, n) for o, n in ((mcore_fs, "_get_write_results_queue"), (mcore_fs, "_results_queue"),
+                                          (Writer, "write_preloaded_data"), (Writer, "write_preloaded_data_multiproc"))):
+        raise CompatError("patch 'dist-ckpt-helpers-die-with-parent': megatron-core's filesystem_async has moved")
+
+    def get_write_results_queue():
+        if mcore_fs._results_queue is None:  # as upstream (a spawn-context Manager queue), plus the parent link
+            manager = SyncManager(ctx=torch.multiprocessing.get_context("spawn"))
+            manager.start(initializer=die_with_parent, initargs=(os.getpid(),))
+            mcore_fs._results_queue = manager.Queue()
+        return mcore_fs._results_queue
+
+    # The save runs in a process forked from the trainer (mcore's DistributedAsyncCaller) or inline in the trainer;
+    # it forks one writer per file. Forked processes are linked to their parent; the trainer itself is left alone.
+    write_all, write = Writer.write_preloaded_data_multiproc, Writer.write_preloaded_data
+
+    def write_preloaded_data_multiproc(*args, **kwargs):
+        if multiprocessing.parent_process() is not None:
+            die_with_parent(multiprocessing.parent_process().pid)
+        return write_all(*args, **kwargs)
+
+    def write_preloaded_data(*args, **kwargs):
+        die_with_parent(multiprocessing.parent_process().pid)
+        return write(*args, **kwargs)
+
+    mcore_fs._get_write_results_queue = get_write_results_queue
+    Writer.write_preloaded_data_multiproc = staticmethod(write_preloaded_data_multiproc)
+    Writer.write_preloaded_data = staticmethod(write_preloaded_data)
 
 
 # --------------------------------------------------------------------------------------------------------- driver

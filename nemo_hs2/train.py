@@ -98,9 +98,19 @@ def build_model(cfg: DictConfig, trainer):
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train, validate and save; returns the metrics written to ``metrics.json``."""
+    """Train, validate and save; returns the metrics written to ``metrics.json``.
+
+    If another rank dies or hangs, this rank exits with status 75 (requeue) within ``collective_timeout_s``.
+    """
     layout = parallel_layout(cfg)  # before any process group
     compat.apply()
+    from nemo_hs2.faults import requeue_if_a_rank_is_lost
+
+    with requeue_if_a_rank_is_lost(cfg.collective_timeout_s):
+        return _train(cfg, layout)
+
+
+def _train(cfg: DictConfig, layout: dict) -> dict:
     check_init(cfg)
     configure_resume(cfg)
 
@@ -123,12 +133,14 @@ def run(cfg: DictConfig) -> dict:
     from nemo_hs2.data.dataset import Collator
     from nemo_hs2.data.preference import PairCollator, build_pair_datasets
     from nemo_hs2.data.sampler import build_train_sampler
-    from nemo_hs2.faults import FiniteStepGuard, PreemptionTimer
+    from nemo_hs2.faults import FiniteStepGuard, PreemptionTimer, RngStateCheckpoint, set_collective_timeout
     from nemo_hs2.trainer import MetricsRecorder, RewardModelTrainer
 
     started = time.time()
     _seed_everything(cfg.model.seed)
     trainer = resolve_and_create_trainer(cfg, "rm")
+    set_collective_timeout(trainer, cfg.collective_timeout_s)
+    trainer.callbacks.append(RngStateCheckpoint())
     log_dir = str(exp_manager(trainer, cfg.exp_manager))
     summary = {"layout": layout, "compat_patches": compat.applied()}
     recorder = MetricsRecorder(os.path.join(log_dir, "metrics.json"), summary)
@@ -159,8 +171,10 @@ def run(cfg: DictConfig) -> dict:
         sampler = build_train_sampler(cfg.data, datasets["train"], consumed_samples, mbs, gbs,
                                       parallel_state.get_data_parallel_rank(),
                                       parallel_state.get_data_parallel_world_size(), cfg.model.seed)
+        # Its own generator: starting an epoch must not draw from the global stream (dropout masks; exact resume).
         train_dl = torch.utils.data.DataLoader(datasets["train"], batch_sampler=sampler, collate_fn=collate,
-                                               num_workers=cfg.model.data.num_workers)
+                                               num_workers=cfg.model.data.num_workers,
+                                               generator=torch.Generator().manual_seed(cfg.model.seed))
     else:
         train_dl = build_dataloader(cfg=cfg, dataset=datasets["train"], consumed_samples=consumed_samples, mbs=mbs,
                                     gbs=gbs, collate_fn=collate, load_gbs=True, use_random_sampler=False)

@@ -1,6 +1,7 @@
-"""When a job dies: SIGKILL + resume, pre-emption, a kill during save, a non-finite step, resume modes.
+"""When a job dies: SIGKILL + resume, pre-emption, a kill during save, a non-finite step, resume modes, a dead rank.
 
-Every test runs the real training entry in a subprocess (CPU, fp32, the tiny demo model).
+Every test runs the real training entry in a subprocess (CPU, fp32, the tiny demo model), in its own session, and
+checks that no process of that session outlives it.
 """
 
 import json
@@ -9,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,9 +30,41 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 EXIT_PREEMPTED = 75
 
 
+def session(sid):
+    """Live processes (pid, command) of the session led by ``sid``; zombies are dead already."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append((int(pid), cmdline[:200]))
+    return found
+
+
+def assert_session_ends(sid, within=10.0):
+    deadline = time.time() + within
+    while (left := session(sid)) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid, _ in left:  # do not leave them behind on the machine either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still alive {within:.0f} s after the run ended: {left}"
+
+
 def train(log_dir, *extra, script=SCRIPT, prefix=(), check=True):
     cmd = [sys.executable, script, *prefix, *RUN, f"exp_manager.explicit_log_dir={log_dir}", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600, start_new_session=True)
+    # files, not pipes: a process left behind holding a pipe would block reading it
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=err, text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=600)
+        finally:
+            assert_session_ends(proc.pid, within=0 if proc.returncode is None else 10)
+        out.seek(0), err.seek(0)
+        proc = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
     if check:
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
     return proc
@@ -86,8 +120,9 @@ def test_sigkill_at_a_random_step_then_resume_matches(uninterrupted, tmp_path):
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.2)
     time.sleep(random.uniform(0.0, 2.0))  # somewhere between checkpoints, maybe mid-save
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # the trainer alone (kill -9, OOM killer): its helpers must follow it
     proc.wait()
+    assert_session_ends(proc.pid)
     killed_at = json.loads((log_dir / "metrics.json").read_text())["validation_history"][-1]["step"]
     assert killed_at < 12, "the kill came too late to test anything"
 
@@ -134,6 +169,7 @@ def test_preemption_signal_saves_and_exits_for_requeue(uninterrupted, tmp_path):
 
 def test_kill_during_save_falls_back_to_the_previous_checkpoint(uninterrupted, tmp_path):
     log_dir = tmp_path / "save_killed"
+    # the trainer is killed while its writer processes write; train() asserts none of them outlives it by 10 s
     proc = train(log_dir, script=FAULT, prefix=["kill_during_save", "6"], check=False)
     assert proc.returncode == -signal.SIGKILL
     names = checkpoints(log_dir)
@@ -158,3 +194,101 @@ def test_nan_stops_the_run_without_checkpointing_it(tmp_path):
 def test_resume_required_without_a_checkpoint_is_an_error(tmp_path):
     proc = train(tmp_path / "typo", "resume=required", check=False)
     assert proc.returncode != 0 and "resume=required but no checkpoint" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- a rank dies
+# Two ranks started directly, one process each, as srun starts them (Lightning reads LOCAL_RANK and the master).
+DROPOUT = ["model.hidden_dropout=0.1", "model.attention_dropout=0.1", "model.ffn_dropout=0.1"]
+TP2 = ["trainer.devices=2", "model.tensor_model_parallel_size=2", *DROPOUT, "trainer.rm.max_steps=6",
+       "collective_timeout_s=60"]
+PP2 = ["trainer.devices=2", "model.pipeline_model_parallel_size=2", "trainer.rm.max_steps=6", "collective_timeout_s=60"]
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(log_dir, *extra, script=SCRIPT, prefix=()):
+    cmd = [sys.executable, script, *prefix, *RUN, f"exp_manager.explicit_log_dir={log_dir}", *extra]
+    port, procs = free_port(), []
+    for rank in range(2):
+        env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                   LOCAL_RANK=str(rank))
+        out = open(Path(log_dir).parent / f"{Path(log_dir).name}.rank{rank}.log", "a+")
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True), out))
+    return procs
+
+
+def finish_ranks(procs, timeout=600):
+    deadline = time.time() + timeout
+    try:
+        for proc, _ in procs:
+            proc.wait(timeout=max(1, deadline - time.time()))
+    finally:
+        for proc, _ in procs:
+            assert_session_ends(proc.pid, within=0 if proc.returncode is None else 10)
+    logs = []
+    for _, out in procs:
+        out.seek(0)
+        logs.append(out.read())
+        out.close()
+    return [proc.returncode for proc, _ in procs], logs
+
+
+def kill_one_rank_mid_step(log_dir, layout, step):
+    """Rank 1 SIGKILLs itself in the forward pass of ``step``; returns rank 0's status, log and seconds to exit."""
+    procs = start_ranks(log_dir, *layout, script=FAULT, prefix=["kill_rank:1", str(step)])
+    (rank0, _), (rank1, _) = procs
+    rank1.wait(timeout=600)
+    died = time.time()
+    try:
+        rank0.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pass
+    survivor_s = time.time() - died
+    codes, logs = finish_ranks(procs, timeout=1)
+    assert codes[1] == -signal.SIGKILL, logs[1][-3000:]
+    return codes[0], logs[0], survivor_s
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_tp2_dropout(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("tp2") / "uninterrupted"
+    codes, logs = finish_ranks(start_ranks(log_dir, *TP2))
+    assert codes == [0, 0], logs[0][-5000:]
+    return log_dir
+
+
+@pytest.mark.slow
+def test_dead_rank_ends_the_job_for_requeue_and_dropout_resumes_exactly(uninterrupted_tp2_dropout, tmp_path):
+    """TP=2 with dropout 0.1: rank 1 dies in step 5; rank 0 exits 75 at once; the rerun matches bit for bit."""
+    log_dir = tmp_path / "rank_killed"
+    code, log, survivor_s = kill_one_rank_mid_step(log_dir, TP2, step=5)
+    print(f"TP=2: surviving rank exited {survivor_s:.2f} s after rank 1 died")
+    assert code == EXIT_PREEMPTED, log[-5000:]
+    assert "rank 0: lost another rank" in log and survivor_s < 60
+    assert json.loads((log_dir / "metrics.json").read_text())["validation_history"][-1]["step"] == 4
+
+    codes, logs = finish_ranks(start_ranks(log_dir, *TP2))  # the requeued job: the same command
+    assert codes == [0, 0], logs[0][-5000:]
+    assert "step=4-" in logs[0]  # resumed from the last complete checkpoint
+    doc, losses, val = history(log_dir)
+    ref_doc, ref_losses, ref_val = history(uninterrupted_tp2_dropout)
+    assert doc["steps"] == 6 and [s for s, _ in losses] == list(range(6))
+    # dropout masks included (Python / numpy / torch / model-parallel RNG restored per rank): bit for bit
+    assert losses == ref_losses and val == ref_val
+    a, b = weights(last_checkpoint(log_dir), tmp_path), weights(last_checkpoint(uninterrupted_tp2_dropout), tmp_path)
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_dead_rank_in_a_pipeline_ends_the_job_for_requeue(tmp_path):
+    code, log, survivor_s = kill_one_rank_mid_step(tmp_path / "pp2", PP2, step=2)
+    print(f"PP=2: surviving rank exited {survivor_s:.2f} s after rank 1 died")
+    assert code == EXIT_PREEMPTED and "rank 0: lost another rank" in log and survivor_s < 60, log[-5000:]
