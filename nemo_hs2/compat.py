@@ -345,8 +345,24 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+_PREEMPTION_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT")
+
+
+def checkpoint_helper_init(parent_pid: int) -> None:
+    """Start of an mcore checkpoint helper: die with the trainer, and leave pre-emption signals to it.
+
+    SLURM delivers ``--signal`` / ``scancel --signal`` to every process of the job step; a helper killed by it
+    mid-save fails the trainer's save (EOFError on the results queue) instead of letting it checkpoint and exit 75.
+    """
+    import signal
+
+    die_with_parent(parent_pid)
+    for name in _PREEMPTION_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 @_patch("dist-ckpt-helpers-die-with-parent", "process", "mcore's checkpoint writer starts a spawn Manager server (and "
-        "forked writers) that outlive a SIGKILLed trainer; make them die with it",
+        "forked writers) that outlive a SIGKILLed trainer and die of SLURM's step signals; tie them to the trainer",
         lambda env: sys.platform.startswith("linux"), dists=("megatron_core",))
 def _dist_ckpt_helpers_die_with_parent():
     import multiprocessing
@@ -362,7 +378,7 @@ def _dist_ckpt_helpers_die_with_parent():
     def get_write_results_queue():
         if mcore_fs._results_queue is None:  # as upstream (a spawn-context Manager queue), plus the parent link
             manager = SyncManager(ctx=torch.multiprocessing.get_context("spawn"))
-            manager.start(initializer=die_with_parent, initargs=(os.getpid(),))
+            manager.start(initializer=checkpoint_helper_init, initargs=(os.getpid(),))
             mcore_fs._results_queue = manager.Queue()
         return mcore_fs._results_queue
 
@@ -372,11 +388,11 @@ def _dist_ckpt_helpers_die_with_parent():
 
     def write_preloaded_data_multiproc(*args, **kwargs):
         if multiprocessing.parent_process() is not None:
-            die_with_parent(multiprocessing.parent_process().pid)
+            checkpoint_helper_init(multiprocessing.parent_process().pid)
         return write_all(*args, **kwargs)
 
     def write_preloaded_data(*args, **kwargs):
-        die_with_parent(multiprocessing.parent_process().pid)
+        checkpoint_helper_init(multiprocessing.parent_process().pid)
         return write(*args, **kwargs)
 
     mcore_fs._get_write_results_queue = get_write_results_queue

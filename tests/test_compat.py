@@ -52,3 +52,29 @@ def test_pypi_apex_is_not_mistaken_for_nvidia_apex(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "apex" else real(n, *a))
     assert compat.Environment.detect().apex is False
+
+
+def test_checkpoint_helper_survives_preemption_signals_meant_for_the_trainer():
+    """SLURM signals every process of a job step; mcore's results-queue Manager must leave USR1/TERM to the trainer
+    (before this, scancel --signal=USR1 during a save killed it and the save failed with EOFError)."""
+    import os
+    import signal
+    import time
+
+    import megatron.core.dist_checkpointing.strategies.filesystem_async as mcore_fs
+
+    compat.apply()
+    assert "dist-ckpt-helpers-die-with-parent" in compat.applied()
+    saved, mcore_fs._results_queue = mcore_fs._results_queue, None
+    try:
+        queue = mcore_fs._get_write_results_queue()
+        manager = queue._manager
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            os.kill(manager._process.pid, sig)
+        time.sleep(1.0)
+        assert manager._process.is_alive()
+        queue.put("still here")
+        assert queue.get(timeout=10) == "still here"
+        manager.shutdown()
+    finally:
+        mcore_fs._results_queue = saved
