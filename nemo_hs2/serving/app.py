@@ -23,6 +23,7 @@ import time
 from collections import Counter
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from nemo_hs2.serving.batching import Batcher, ModelLoopFailed, QueueFull, ShuttingDown
 from nemo_hs2.serving.config import ServerConfig
@@ -53,6 +54,20 @@ class _Refuse(asyncio.Protocol):
 
     def data_received(self, data):
         pass
+
+
+class _CountedHandler(RequestHandler):
+    """aiohttp's connection handler, counted from creation to loss (the server's own list lags behind accepts)."""
+
+    def __init__(self, *args, on_lost, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_lost = on_lost
+
+    def connection_lost(self, exc):
+        if self._on_lost is not None:
+            self._on_lost()
+            self._on_lost = None
+        super().connection_lost(exc)
 
 
 def _exit_process(code: int) -> None:
@@ -112,9 +127,10 @@ class RewardServer:
 
     async def _start(self):
         c = self.config
-        self._web = web.Server(self._handle, keepalive_timeout=c.header_timeout_s, lingering_time=0,
-                               max_line_size=c.max_header_bytes, max_field_size=c.max_header_bytes,
-                               access_log=None)
+        self._handler_args = dict(keepalive_timeout=c.header_timeout_s, lingering_time=0, access_log=None,
+                                  max_line_size=c.max_header_bytes, max_field_size=c.max_header_bytes)
+        self._web = web.Server(self._handle, **self._handler_args)
+        self._open = 0
         loop = asyncio.get_running_loop()
         self._tcp = await loop.create_server(self._connection, c.host, int(c.port), backlog=c.max_connections)
         self._address = self._tcp.sockets[0].getsockname()[:2]
@@ -167,10 +183,14 @@ class RewardServer:
                     "is stalled (e.g. a torchrun rank died mid-collective); the server exits"))
 
     def _connection(self):
-        if len(self._web.connections) >= self.config.max_connections:
+        if self._open >= self.config.max_connections:
             self.http_stats["refused: server.max_connections"] += 1
             return _Refuse(self._refusal)
-        return self._web()
+        self._open += 1
+        return _CountedHandler(self._web, loop=self._loop, on_lost=self._lost, **self._handler_args)
+
+    def _lost(self):
+        self._open -= 1
 
     # ----------------------------------------------------------------------------------------- requests
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -209,7 +229,7 @@ class RewardServer:
             return _json(200, svc.info())
         if method == "GET" and path == "/stats":
             return _json(200, {**self.batcher.stats, "pending_requests": self._pending,
-                               "open_connections": len(self._web.connections), "http": dict(self.http_stats)})
+                               "open_connections": self._open, "http": dict(self.http_stats)})
         if method == "GET" and path == "/v2":
             from nemo_hs2 import __version__
 

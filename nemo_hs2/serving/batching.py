@@ -198,8 +198,10 @@ class Batcher:
             return batch
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Score batches until ``close()`` (or ``stop`` is set); then fail whatever is still queued."""
+        """Score batches until ``close()`` (or ``stop`` is set); then fail whatever is still queued. Nothing queued
+        is left waiting however the loop ends: an exception out of it fails every request, running or queued."""
         stop = stop or threading.Event()
+        ending: BaseException = ShuttingDown("the server is shutting down")
         try:
             while True:
                 batch = self._take_batch(stop)
@@ -208,26 +210,31 @@ class Batcher:
                         return
                     continue
                 self._run(batch)
+        except BaseException as e:
+            ending = e if isinstance(e, ModelLoopFailed) else ModelLoopFailed(
+                f"the model loop died: {type(e).__name__}: {e}")
+            raise
         finally:
-            self.close()
+            self.close(ending)
 
     def _run(self, batch):
         rows = [r for job, a, b in batch for r in job.rows[a:b]]
         self.busy_since = time.monotonic()
         try:
             pred = self.predict(rows)
+            if not isinstance(pred, np.ndarray) or pred.ndim != 2 or len(pred) != len(rows):
+                raise RuntimeError(f"the model returned {type(pred).__name__} {getattr(pred, 'shape', '')} for "
+                                   f"{len(rows)} rows")
         except Exception as e:
             log.exception("scoring a batch failed")
             self.stats["failed_batches"] += 1
             if self.fatal_errors:
-                self.close(ModelLoopFailed(f"the model loop failed: {type(e).__name__}: {e}"))
-                raise
+                raise ModelLoopFailed(f"the model loop failed: {type(e).__name__}: {e}") from e
             for job, _, _ in batch:  # the requests fail, the server does not
                 _resolve(job.future, error=e)
             return
         finally:
             self.busy_since = None
-            self._running = []
         self.stats["batches"] += 1
         self.stats["rows"] += len(rows)
         self.stats["largest_batch_rows"] = max(self.stats["largest_batch_rows"], len(rows))
@@ -238,3 +245,4 @@ class Batcher:
             if b == len(job.rows):
                 self.stats["requests"] += 1
                 _resolve(job.future, np.concatenate(job.parts))
+        self._running = []
