@@ -321,6 +321,7 @@ def test_queue_depth_gives_503_with_retry_after_and_the_deadline_504(make_server
 
 
 # ------------------------------------------------------------------------------------------ load and fuzz (small)
+@pytest.mark.slow
 def test_small_load_and_fuzz_runs():
     """benchmarks/serve_load.py, scaled down: every load request answered 200 with the fake model's values, >= 300
     hostile requests each answered with its specified status, the server up after, RSS within 256 MB."""
