@@ -211,6 +211,32 @@ def test_model_loop_errors_never_leave_a_request_waiting():
     assert isinstance(b.submit([3]).exception(timeout=2), serving.ShuttingDown)
 
 
+def test_a_failed_collective_ends_the_loop_and_fails_every_waiter():
+    """Under torchrun (fatal_errors) a failed broadcast leaves the ranks out of step: the loop ends with
+    ModelLoopFailed (the server then exits 70) and the running and queued requests fail with it, none left waiting.
+    Checked by hand on TP=2 with rank 1 SIGKILLed: the next request got 503 in 0.3 s and the job exited."""
+    release = threading.Event()
+
+    def predict(rows):
+        release.wait(10)
+        raise RuntimeError("Connection reset by peer")
+
+    b = serving.Batcher(predict, max_batch_rows=1, max_delay_s=0.0, fatal_errors=True)
+    errors = []
+    runner = threading.Thread(target=lambda: errors.append(pytest.raises(serving.ModelLoopFailed, b.run)),
+                              daemon=True)
+    running = b.submit([1])
+    runner.start()
+    time.sleep(0.2)
+    queued = b.submit([2])
+    release.set()
+    runner.join(timeout=10)
+    assert errors and not runner.is_alive()
+    for f in (running, queued):
+        assert isinstance(f.exception(timeout=5), serving.ModelLoopFailed)
+    assert isinstance(b.submit([3]).exception(timeout=1), serving.ModelLoopFailed)
+
+
 def test_one_large_request_is_split_and_interleaved():
     """max_batch_rows caps every model call; a 12-row request no longer runs as one batch ahead of everyone: a
     1-row request sent after it is answered after its first chunk."""

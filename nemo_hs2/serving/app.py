@@ -41,19 +41,25 @@ def _json(status: int, obj, headers=None) -> web.Response:
 
 
 class _Refuse(asyncio.Protocol):
-    """Over ``max_connections``: answer 503 at once, half-close, drop whatever the client sends, close."""
+    """Over ``max_connections``: answer 503 at once, half-close, close once the request has arrived (closing with
+    unread data would reset the connection, and the client could lose the answer) or after a second."""
 
     def __init__(self, raw: bytes):
         self.raw = raw
 
     def connection_made(self, transport):
+        self.transport = transport
         transport.write(self.raw)
         if transport.can_write_eof():
             transport.write_eof()
-        asyncio.get_running_loop().call_later(2.0, transport.close)  # closing at once could reset the answer
+        self.timer = asyncio.get_running_loop().call_later(1.0, transport.close)
 
     def data_received(self, data):
-        pass
+        self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(0.05, self.transport.close)
+
+    def connection_lost(self, exc):
+        self.timer.cancel()
 
 
 class _CountedHandler(RequestHandler):
@@ -156,7 +162,7 @@ class RewardServer:
 
     def shutdown(self) -> None:
         self.batcher.close()
-        if self._loop is not None and self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
