@@ -224,7 +224,8 @@ def _raw_cases(port, info):
     body = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * (limit // len(chunk) + 2) + b"0\r\n\r\n"
     out.append(("oversize body (chunked)", raw_exchange(port, chunked + body)[0], {413}))
     for bad in (b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
-                b"GET / HTTP/1.1\r\nX: " + b"b" * 20000 + b"\r\n\r\n", b"POST /score HTTP/1.1\r\nContent-Length: -5\r\n\r\n"):
+                b"GET / HTTP/1.1\r\nX: " + b"b" * 20000 + b"\r\n\r\n",
+                b"POST /score HTTP/1.1\r\nContent-Length: -5\r\n\r\n"):
         out.append(("bad request head", raw_exchange(port, bad)[0], {400, 413, 431}))
     # slow senders: a head that never completes is closed without an answer; a body that trickles gets 408
     slow = []

@@ -64,12 +64,12 @@ class FakeScorer:
 def main(argv):
     from nemo_hs2.serving import build_server
 
+    import yaml
+
     settings = {"host": "127.0.0.1", "port": 0}
-    for arg in argv:
+    for arg in argv:  # server.KEY=VALUE, as the Hydra entry takes them
         key, _, value = arg.partition("=")
-        settings[key.removeprefix("server.")] = type(getattr(__import__("nemo_hs2.serving", fromlist=["x"])
-                                                             .ServerConfig(), key.removeprefix("server.")))(value) \
-            if value not in ("null", "None") else None
+        settings[key.removeprefix("server.")] = yaml.safe_load(value)
     server = build_server(FakeScorer(delay_s=float(os.environ.get("FAKE_DELAY_S", 0))), settings).start_http()
     host, port = server.address
     print(f"fake reward server listening on http://{host}:{port}", flush=True)

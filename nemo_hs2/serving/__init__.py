@@ -23,11 +23,11 @@ does) and reports it in ``exceeded`` / ``truncated``.
 """
 
 from nemo_hs2.serving.app import EXIT_MODEL_FAILED, RewardServer, build_server
-from nemo_hs2.serving.batching import Batcher, ModelLoopFailed, QueueFull, ShuttingDown, TokenScorer
+from nemo_hs2.serving.batching import Batcher, ModelLoopFailed, ShuttingDown, TokenScorer
 from nemo_hs2.serving.config import ServerConfig
 from nemo_hs2.serving.protocol import RequestError, encode_kserve_response, parse_kserve_request
 from nemo_hs2.serving.service import RewardService
 
-__all__ = ["EXIT_MODEL_FAILED", "Batcher", "ModelLoopFailed", "QueueFull", "RequestError", "RewardServer",
+__all__ = ["EXIT_MODEL_FAILED", "Batcher", "ModelLoopFailed", "RequestError", "RewardServer",
            "RewardService", "ServerConfig", "ShuttingDown", "TokenScorer", "build_server", "encode_kserve_response",
            "parse_kserve_request"]

@@ -25,7 +25,7 @@ from collections import Counter
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from nemo_hs2.serving.batching import Batcher, ModelLoopFailed, QueueFull, ShuttingDown
+from nemo_hs2.serving.batching import Batcher, ModelLoopFailed, ShuttingDown, TokenScorer
 from nemo_hs2.serving.config import ServerConfig
 from nemo_hs2.serving.protocol import MODEL_VERSION, RequestError, loads, split_infer_body
 from nemo_hs2.serving.service import RewardService
@@ -153,10 +153,12 @@ class RewardServer:
         self.start_http()
         try:
             self.batcher.run(stop)
+            if self._failed is not None:  # the watchdog gave up on a call that returned after all
+                raise self._failed
         except Exception as e:
-            self._fail(e if isinstance(e, ModelLoopFailed) else ModelLoopFailed(f"the model loop died: {e}"),
-                       exit_process=False)
-            raise self._failed from e
+            error = e if isinstance(e, ModelLoopFailed) else ModelLoopFailed(f"the model loop died: {e}")
+            self._fail(error, exit_process=False)  # a no-op when the watchdog got there first
+            raise error from (None if error is e else e)
         finally:
             self.shutdown()
 
@@ -308,10 +310,7 @@ class RewardServer:
             raw = await self._read_body(request)
             prepared = await asyncio.wait_for(loop.run_in_executor(self._pool, prepare, raw),
                                               max(0.0, deadline - loop.time()))
-            try:
-                future = self.batcher.submit(prepared.rows)
-            except QueueFull as e:
-                raise RequestError(f"{e}: retry later", 503, {"Retry-After": str(c.retry_after_s)}) from None
+            future = self.batcher.submit(prepared.rows)
             pred = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
             body, headers = prepared.respond(pred)
             return web.Response(status=200, body=body, headers=headers)
@@ -326,8 +325,6 @@ class RewardServer:
 
 def build_server(scorer, config: ServerConfig | dict | None = None, distributed: bool = False,
                  on_fatal=_exit_process) -> RewardServer:
-    from nemo_hs2.serving.batching import TokenScorer
-
     if not isinstance(config, ServerConfig):
         config = ServerConfig.from_mapping(config)
     token = config.load_token()

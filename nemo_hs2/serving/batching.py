@@ -5,8 +5,8 @@ like CUDA's current device, are per thread), normally the main thread; HTTP hand
 
 Scheduling: a batch takes rows from the queued requests in arrival order, at most ``max_batch_rows`` in all; a
 request with rows left over goes to the back of the queue, so one large request is split into batches and
-interleaved with the others instead of blocking them. The queue holds at most ``max_queue_rows`` rows
-(``QueueFull`` beyond). ``busy_since`` tells a watchdog how long the current model call has run.
+interleaved with the others instead of blocking them. (The HTTP layer bounds how many requests wait.)
+``busy_since`` tells a watchdog how long the current model call has run.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 
 
 class ShuttingDown(RuntimeError):
-    pass
-
-
-class QueueFull(RuntimeError):
     pass
 
 
@@ -118,12 +114,10 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, predict, max_batch_rows: int, max_delay_s: float, max_queue_rows: int | None = None,
-                 fatal_errors: bool = False):
+    def __init__(self, predict, max_batch_rows: int, max_delay_s: float, fatal_errors: bool = False):
         self.predict = predict
         self.max_batch_rows = int(max_batch_rows)
         self.max_delay_s = float(max_delay_s)
-        self.max_queue_rows = max_queue_rows
         self.fatal_errors = fatal_errors  # under torchrun a failed collective leaves the ranks out of step
         self._cv = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
@@ -140,18 +134,11 @@ class Batcher:
                 _resolve(job.future, error=self._closed)
             elif not job.rows:
                 _resolve(job.future, np.zeros((0, 0)))
-            elif self.max_queue_rows is not None and self._queued_rows + len(job.rows) > self.max_queue_rows \
-                    and self._queue:
-                raise QueueFull(f"{self._queued_rows} rows are queued; the limit is {self.max_queue_rows}")
             else:
                 self._queue.append(job)
                 self._queued_rows += len(job.rows)
                 self._cv.notify()
         return job.future
-
-    @property
-    def queued_rows(self) -> int:
-        return self._queued_rows
 
     def close(self, error: BaseException | None = None) -> None:
         """Refuse new work and fail everything queued (and, with ``error``, what is running) with it."""
