@@ -76,6 +76,14 @@ class _CountedHandler(RequestHandler):
         super().connection_lost(exc)
 
 
+class _QuietProtocolErrors(logging.LoggerAdapter):
+    """aiohttp logs every malformed request with a traceback; at debug level here, so hostile traffic cannot flood
+    the log (the client gets its 400 either way)."""
+
+    def exception(self, msg, *args, exc_info=True, **kwargs):
+        self.debug(msg, *args, exc_info=exc_info, **kwargs)
+
+
 def _exit_process(code: int) -> None:
     sys.stderr.write(f"reward server: exiting with status {code}\n")
     sys.stderr.flush()
@@ -134,6 +142,7 @@ class RewardServer:
     async def _start(self):
         c = self.config
         self._handler_args = dict(keepalive_timeout=c.header_timeout_s, lingering_time=0, access_log=None,
+                                  logger=_QuietProtocolErrors(logging.getLogger("aiohttp.server"), {}),
                                   max_line_size=c.max_header_bytes, max_field_size=c.max_header_bytes)
         self._web = web.Server(self._handle, **self._handler_args)
         self._open = 0
