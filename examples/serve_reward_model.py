@@ -7,7 +7,9 @@
         model.tensor_model_parallel_size=8 checkpoint=...
 
 NeMo-Aligner's PPO / rejection-sampling jobs point at it with remote_rm.reward_model.{ip,port,name}; see
-nemo_hs2/serving.py for the protocol and what is and is not compatible. Stops on SIGINT / SIGTERM.
+nemo_hs2/serving/ for the protocol and what is and is not compatible. Binds 127.0.0.1 unless server.host says
+otherwise; the bearer token comes from $NEMO_HS2_SERVER_TOKEN or server.auth_token_file. Stops on SIGINT / SIGTERM;
+exits with status 70 when the model loop stalls or dies.
 """
 
 import signal
@@ -21,10 +23,11 @@ import hydra
 def main(cfg) -> None:
     from nemo_hs2.evaluation.run import load_model, make_scorer
     from nemo_hs2.models.loading import is_main_rank
-    from nemo_hs2.serving import ServerConfig, TokenScorer, build_server
+    from nemo_hs2.serving import EXIT_MODEL_FAILED, ModelLoopFailed, ServerConfig, TokenScorer, build_server
 
     try:
         server_cfg = ServerConfig.from_mapping(cfg.server)
+        server_cfg.load_token()  # a missing token file fails here, before the model loads
         model = load_model(cfg)
         scorer = make_scorer(model, cfg)
     except (FileNotFoundError, ValueError) as e:
@@ -47,7 +50,11 @@ def main(cfg) -> None:
     info = server.service.info()
     print(f"nemo_hs2 reward server listening on http://{host}:{port} (model '{info['model_name']}', attributes "
           f"{info['attributes']}, max_length {info['max_length']}, overlength={info['overlength']})", flush=True)
-    server.serve(stop)  # the model runs in this thread, the one that built it
+    try:
+        server.serve(stop)  # the model runs in this thread, the one that built it
+    except ModelLoopFailed as e:
+        print(f"reward server failed: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_MODEL_FAILED)
     print("reward server stopped", flush=True)
 
 
