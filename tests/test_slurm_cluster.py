@@ -104,7 +104,7 @@ def reference(cluster, tmp_path_factory):
     info = wait(job, finished, 900, "the run to finish")
     log_dir = results / "hs2_reward_model"
     return {"results": results, "job": job, "info": info, "submit": proc, "log_dir": log_dir,
-            "out": (log_dir / "slurm" / f"slurm-{job}.out").read_text(), "wall_s": time.monotonic() - t0}
+            "out": (log_dir / "slurm" / f"slurm-{job}.out").read_text(errors="replace"), "wall_s": time.monotonic() - t0}
 
 
 def test_submit_runs_two_ranks_that_see_what_the_script_meant(reference):
@@ -117,7 +117,7 @@ def test_submit_runs_two_ranks_that_see_what_the_script_meant(reference):
                             capture_output=True, text=True).stdout.split()[0]
     for rank in (0, 1):
         assert f"[task {rank}/2 local {rank} node 0] master {master}:{port}" in out, out[-3000:]
-    summary = json.loads((log_dir / "metrics.json").read_text())
+    summary = json.loads((log_dir / "metrics.json").read_text(errors="replace"))
     assert summary["layout"]["tp"] == 2 and summary["layout"]["world"] == 2
     assert "training finished" in out
 
@@ -135,7 +135,7 @@ def test_preemption_then_node_failure_requeue_and_resume_to_the_same_result(refe
     subprocess.run(["scontrol", "requeue", job], check=True)
     info = wait(job, lambda i: finished(i) and i.get("Restarts") == "2", 900, "the second requeue to finish")
 
-    out = (log_dir / "slurm" / f"slurm-{job}.out").read_text()
+    out = (log_dir / "slurm" / f"slurm-{job}.out").read_text(errors="replace")
     for restart in (0, 1, 2):  # --open-mode=append: every run's output is kept
         assert f"(restart {restart}, host mode)" in out, out[-3000:]
     assert "training checkpointed on a pre-emption / time-limit signal (exit 75)" in out
