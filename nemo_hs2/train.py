@@ -90,8 +90,13 @@ def build_model(cfg: DictConfig, trainer):
     path = (cfg.get("init") or {}).get("restore_from_path")
     if not path:
         return AttributeRewardModel(cfg.model, trainer)
+    # The checkpoint carries its resolved weight mappings; a merge would union them with this run's keys.
+    asked = {k: cfg.model.regression.get(k) for k in ("reward_weights", "bt_reward")}
     with open_dict(cfg):
         cfg.model = load_and_override_model_config(path, cfg.model)
+        for key, value in asked.items():
+            if value is not None:
+                cfg.model.regression[key] = value
     # base: the GPT backbone only, a freshly initialised head; reward_model: the head too.
     return load_from_nemo(AttributeRewardModel, cfg.model, trainer, strict=True,
                           load_base_model_only=cfg.init.mode == "base", restore_path=path)

@@ -150,9 +150,9 @@ def test_dropping_an_overlength_row_unpairs_its_partner():
     """overlength=drop on HelpSteer2 pairs: the partner stays (its labels still train) but leaves pairwise metrics."""
     from nemo_hs2.metrics import pairwise_metrics
 
-    rows = [Example("p0", "x" * 200, {"helpfulness": 1.0}, pair_id=0), Example("p0", "y", {"helpfulness": 2.0}, pair_id=0),
-            Example("p1", "z", {"helpfulness": 4.0}, pair_id=1), Example("p1", "w", {"helpfulness": 0.0}, pair_id=1),
-            Example("p2", "v", {"helpfulness": 1.0}, pair_id=2), Example("p2", "u" * 200, {"helpfulness": 3.0}, pair_id=2)]
+    spec = [("p0", "x" * 200, 1.0), ("p0", "y", 2.0), ("p1", "z", 4.0), ("p1", "w", 0.0), ("p2", "v", 1.0),
+            ("p2", "u" * 200, 3.0)]
+    rows = [Example(p, r, {"helpfulness": h}, pair_id=i // 2) for i, (p, r, h) in enumerate(spec)]
     ds, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, overlength="drop", system="S")
     assert (stats.used, stats.skipped["overlength"], stats.unpaired) == (4, 2, 2)
     assert ds.pair_ids.tolist() == [-1, 1, 1, -1] and ds.labels[:, 0].tolist() == [2.0, 4.0, 0.0, 1.0]

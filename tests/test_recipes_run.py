@@ -56,6 +56,26 @@ def train(overrides, log_dir: Path) -> dict:
 
 
 CASES = {**{r: None for r in RECIPES}, "readme_subset": ["data.attributes=[helpfulness,verbosity]"]}
+# What each run must have saved in its checkpoint as its reward: the published numbers, restricted by hand.
+SAVED_WEIGHTS = {
+    "hs2_llama3_70b": {"helpfulness": 0.65, "correctness": 0.8, "coherence": 0.45, "complexity": 0.55,
+                       "verbosity": -0.4},
+    "hs2_nemotron4_340b": {"helpfulness": 0.3, "correctness": 0.74, "coherence": 0.46, "complexity": 0.47,
+                           "verbosity": -0.33},
+    "hs2p_llama3_1_70b_helpfulness": {"helpfulness": 1.0},
+    "hs2p_llama3_1_70b_scaled_bt": {"helpfulness": 1.0},
+    "readme_subset": {"helpfulness": 0.3, "verbosity": -0.33},  # the default preset, restricted
+}
+
+
+def saved_model_config(nemo) -> dict:
+    import tarfile
+
+    import yaml
+
+    with tarfile.open(nemo) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("model_config.yaml"))
+        return yaml.safe_load(tar.extractfile(member))
 
 
 @pytest.mark.slow
@@ -68,3 +88,7 @@ def test_recipe_settings_train_and_validate(case, tmp_path):
     assert math.isfinite(final["loss"])
     # The reward validation used: the recipe's preset over the attributes the run has.
     assert final["pairs/reward"] > 0 if "pairs/reward" in final else final["preference_pairs"] > 0
+    # ... and the checkpoint carries it, for scoring, evaluation and serving to default to.
+    saved = saved_model_config(next((tmp_path / "checkpoints").glob("*.nemo")))["regression"]["reward_weights"]
+    if case in SAVED_WEIGHTS:
+        assert saved == pytest.approx(SAVED_WEIGHTS[case])

@@ -99,3 +99,21 @@ def test_weights_for_restricts_a_preset_and_names_what_it_dropped(caplog):
     # A mapping is what the user asked for: an attribute the model lacks stays an error.
     with pytest.raises(ValueError, match="coherence"):
         weights_for({"coherence": 1.0}, ("helpfulness",))
+
+
+def test_scorer_defaults_to_the_checkpoints_own_weights():
+    """RewardScorer (behind evaluation, annotation and the server) uses the weights saved with the model."""
+    from nemo_hs2.evaluation.run import reward_weights
+    from nemo_hs2.inference import RewardScorer
+
+    class Model:  # what RewardScorer reads of a loaded checkpoint
+        attributes = ("helpfulness",)
+        cfg = OmegaConf.create({"encoder_seq_length": 64, "regression": {"reward_weights": {"helpfulness": 1.0}}})
+        tokenizer = type("T", (), {"eos_id": 0, "text_to_ids": staticmethod(lambda t: [1])})()
+
+    assert RewardScorer(Model()).weights.tolist() == [1.0]  # was: nemotron_340b, an error for this model
+    assert reward_weights(Model(), None) is None  # evaluation / serving: null means the checkpoint's own
+    Model.attributes = ("helpfulness", "verbosity")
+    Model.cfg.regression.reward_weights = "llama3_70b"  # an older checkpoint with a preset name: restricted
+    assert RewardScorer(Model()).weights.tolist() == [0.65, -0.4]
+    assert RewardScorer(Model(), weights={"verbosity": 1.0}).weights.tolist() == [0.0, 1.0]

@@ -33,7 +33,8 @@ class TokenizeStats:
     @classmethod
     def from_dict(cls, d: dict) -> TokenizeStats:
         return cls(rows=int(d["rows"]), used=int(d["used"]), truncated=int(d["truncated"]),
-                   unpaired=int(d.get("unpaired", 0)), skipped=Counter({str(k): int(v) for k, v in d["skipped"].items()}))
+                   unpaired=int(d.get("unpaired", 0)),
+                   skipped=Counter({str(k): int(v) for k, v in d["skipped"].items()}))
 
 
 def encoder_of(tokenizer):
