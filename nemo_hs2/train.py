@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_hs2 import compat
 from nemo_hs2.config_checks import parallel_layout
+from nemo_hs2.models.build import build_model
 
 
 def _seed_everything(seed: int) -> None:
@@ -80,21 +81,6 @@ def configure_resume(cfg: DictConfig) -> str:
         cfg.exp_manager.resume_if_exists = mode != "never"
         cfg.exp_manager.resume_ignore_no_checkpoint = mode == "auto"
     return ckpt_dir
-
-
-def build_model(cfg: DictConfig, trainer):
-    from nemo_aligner.utils.utils import load_and_override_model_config, load_from_nemo
-
-    from nemo_hs2.models.reward_model import AttributeRewardModel
-
-    path = (cfg.get("init") or {}).get("restore_from_path")
-    if not path:
-        return AttributeRewardModel(cfg.model, trainer)
-    with open_dict(cfg):
-        cfg.model = load_and_override_model_config(path, cfg.model)
-    # base: the GPT backbone only, a freshly initialised head; reward_model: the head too.
-    return load_from_nemo(AttributeRewardModel, cfg.model, trainer, strict=True,
-                          load_base_model_only=cfg.init.mode == "base", restore_path=path)
 
 
 def run(cfg: DictConfig) -> dict:
