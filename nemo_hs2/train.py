@@ -91,7 +91,6 @@ def run(cfg: DictConfig) -> dict:
     configure_resume(cfg)
 
     import torch
-    from nemo.utils import logging
     from nemo.utils.exp_manager import exp_manager
     from nemo_aligner.data.nlp.builders import build_dataloader
     from nemo_aligner.utils import parallel_state
@@ -110,6 +109,7 @@ def run(cfg: DictConfig) -> dict:
     from nemo_hs2.data.preference import PairCollator, build_pair_datasets
     from nemo_hs2.data.sampler import build_train_sampler
     from nemo_hs2.faults import FiniteStepGuard, PreemptionTimer
+    from nemo_hs2.quiet import log as logging
     from nemo_hs2.trainer import MetricsRecorder, RewardModelTrainer
 
     started = time.time()
@@ -180,4 +180,5 @@ def run(cfg: DictConfig) -> dict:
     recorder.write(extra=summary)
     logging.info(f"wrote {recorder.path}" + (f" (stopped by {timer.signal_received})" if timer.preempted else ""))
     torch.distributed.barrier()
-    return {**summary, "final_validation": recorder.validation[-1] if recorder.validation else {}}
+    return {**summary, "final_validation": recorder.validation[-1] if recorder.validation else {},
+            "metrics_path": recorder.path}
