@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test trains through the real entry point (one- and two-process)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "train_reward_model.py")
 SHORT = ["trainer.rm.max_steps=6", "trainer.rm.val_check_interval=3", "trainer.rm.save_interval=6",
