@@ -8,7 +8,9 @@
 
 Planner options (plan.KEY=VALUE, with or without `+`): format=table|json, gpu_memory_gb (GiB per GPU, 80),
 peak_tflops (989, H100 dense BF16), mfu (0.30), overhead_gb (5), fragmentation (0.10), train_rows (samples per
-epoch; HelpSteer2's 20,324 by default for regression data), strict (also fail on a ??? checkpoint), json_out (PATH).
+epoch; HelpSteer2's 20,324 by default for regression data), strict (also fail on a ??? checkpoint), json_out (PATH),
+data_report (examples/prepare_data.py's data_report.json: time per step at the data's expected padded width).
+Parameter counts are printed even when the layout breaks a rule (they do not depend on it).
 Exit status: 0 the config passes every rule, 1 it breaks one (listed), 2 the overrides do not compose.
 Needs only hydra-core and omegaconf (no torch / NeMo): it runs on a login node in about a second.
 """

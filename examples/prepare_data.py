@@ -1,8 +1,9 @@
 """Validate, tokenize and cache the data a training config names, and report on it, without building a model.
 
-    python examples/prepare_data.py data=helpsteer2 data.train_file=train.jsonl.gz \
-        data.validation_file=validation.jsonl.gz output_dir=results/hs2_data
+    python examples/prepare_data.py data.train_file=train.jsonl.gz data.validation_file=validation.jsonl.gz \
+        output_dir=results/hs2_data
 
+The data group defaults to helpsteer2 (this tool's job is real data; data=demo and the others still work).
 Composes conf/train_reward_model.yaml (through conf/prepare_data.yaml), so every data, model.tokenizer and
 model.encoder_seq_length override means what it means for training, and a later training run with the same
 settings reads the cache instead of tokenizing. Writes OUTPUT_DIR/data_report.json and prints a summary.

@@ -31,8 +31,12 @@ Memory model (per GPU, for the first and the last pipeline stage; the larger one
 
 Compute: model FLOPs per sequence = 3 x forward (forward + backward), forward = 2 x tokens x (matmul weights of
 the transformer layers) + 4 x s² x a x d per layer (QKᵀ and attention x V) + the head; the unused LM output layer
-is not run. Estimated step time = model FLOPs / (GPUs x ``plan.peak_tflops`` x ``plan.mfu``). Sequences are
-counted at ``data.seq_length``: batches are cut to their longest row, so real steps are shorter.
+is not run. Estimated step time = model FLOPs / (GPUs x ``plan.peak_tflops`` x ``plan.mfu``), at ``data.seq_length``
+(an upper bound: batches are cut to their longest row) and, given ``plan.data_report`` (the ``data_report.json``
+of ``examples/prepare_data.py``), at the expected width of a micro-batch of the configured data.
+
+The parts are plain functions: ``check_rules`` (layout and rules), ``parameter_counts`` (whatever the layout),
+``memory_estimate``, ``compute_estimate``; ``make_plan`` runs them in order.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ PLAN_DEFAULTS: dict[str, Any] = {
     "train_rows": None,       # training samples per epoch; null: 20,324 for HelpSteer2 regression data
     "strict": False,          # also fail on run-readiness rules (checkpoint / tokenizer still ???)
     "json_out": None,         # also write the JSON plan to this path
+    "data_report": None,      # examples/prepare_data.py's data_report.json: time per step at the data's widths
 }
 HELPSTEER2_TRAIN_ROWS = 20324
 BYTE_LEVEL_VOCAB = 259        # NeMo's ByteLevelTokenizer: 256 bytes + 3 special tokens
@@ -243,21 +248,27 @@ def _tokenizer_vocab(m) -> int | None:
     return None
 
 
-def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | None = None,
-              check_memory: bool | None = None, choices: dict | None = None) -> Plan:
-    """Everything the planner knows about ``cfg``. Never raises for a bad config: rules broken are in .errors."""
-    _ensure_resolvers()
-    opts = dict(options) if options is not None else plan_options(cfg)
-    strict = bool(opts.get("strict")) if strict is None else strict
-    p = Plan(options=opts, choices=dict(choices or {}))
-    em = _get(cfg, "exp_manager")
-    p.run = {"name": _get(cfg, "name"), "explicit_log_dir": _get(em, "explicit_log_dir") if em is not None else None,
-             "max_time_per_run": _get(em, "max_time_per_run") if em is not None else None}
+@dataclass
+class Checks:
+    """What ``check_rules`` read from a config: its layout, vocabulary, and the rules it breaks."""
+    layout: dict[str, Any]
+    vocab: dict[str, Any]
+    errors: list[str]
+    warnings: list[str]
+    notes: list[str]   # run readiness: errors instead when strict
+
+
+def check_rules(cfg: DictConfig, *, strict: bool = False) -> Checks:
+    """The layout of ``cfg`` and every rule it breaks (divisibility, kernels, optimizer, recomputation, vocabulary,
+    run readiness). Never raises for a bad config."""
     m, t = cfg.model, cfg.trainer
     accelerator = str(_get(t, "accelerator", "cpu"))
     on_gpu = accelerator in ("gpu", "cuda")
-    check_memory = on_gpu if check_memory is None else check_memory
-    err = p.errors.append
+    errors: list[str] = []
+    warnings: list[str] = []
+    notes: list[str] = []
+    vocab_info: dict[str, Any] = {}
+    err = errors.append
 
     # ---- layout ---------------------------------------------------------------------------------------------
     nodes, gpus = int(_get(t, "num_nodes", 1)), int(_get(t, "devices", 1))
@@ -364,7 +375,7 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
         err("model.activations_checkpoint_granularity=selective takes no activations_checkpoint_num_layers "
             "(megatron-core refuses it): set it null")
     elif recompute == "none" and method is not None:
-        p.warnings.append(f"model.activations_checkpoint_method={method} does nothing without "
+        warnings.append(f"model.activations_checkpoint_method={method} does nothing without "
                           "activations_checkpoint_granularity=full")
 
     # ---- vocabulary -------------------------------------------------------------------------------------------
@@ -375,17 +386,17 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
         err(f"model.make_vocab_size_divisible_by ({divisible_by}) must be >= 1 (NeMo pads the vocabulary to a "
             "multiple of it x TP)")
     elif vocab is None:
-        p.warnings.append("vocabulary size unknown (set model.tokenizer.vocab_size): embedding and LM output "
-                          "layer are left out of the counts")
+        warnings.append("vocabulary size unknown (set model.tokenizer.vocab_size): embedding and LM output "
+                        "layer are left out of the counts")
     elif tp >= 1:
         padded = vocab_padding(vocab, divisible_by, tp)
-        p.vocab = {"size": vocab, "make_vocab_size_divisible_by": divisible_by, "multiple": divisible_by * tp,
-                   "padded": padded, "dummy_rows": padded - vocab}
+        vocab_info = {"size": vocab, "make_vocab_size_divisible_by": divisible_by, "multiple": divisible_by * tp,
+                      "padded": padded, "dummy_rows": padded - vocab}
 
     # ---- run readiness ------------------------------------------------------------------------------------------
     init = _get(cfg, "init")
     restore = _get(init, "restore_from_path") if init is not None else None
-    readiness = p.errors if strict else p.notes
+    readiness = errors if strict else notes
     if restore is None or restore is MISSING:
         if init is not None and _get(init, "require_checkpoint", False):
             readiness.append("init.restore_from_path is not set: this recipe fine-tunes a base checkpoint (.nemo) "
@@ -402,7 +413,7 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
                              "checkpoint, so set init.restore_from_path (or +model.tokenizer.model / type)")
 
     n_attr = len(list(_get(m.regression, "attributes", []) or [])) if "regression" in m else 1
-    p.layout = {
+    layout = {
         "nodes": nodes, "gpus_per_node": gpus, "world": world, "tp": tp, "pp": pp, "vp": vp, "cp": cp, "dp": dp,
         "micro_batch_size": mbs, "global_batch_size": gbs, "num_microbatches": n_mb,
         "samples_are": "pairs" if preference else "rows", "sequences_per_micro_batch": mbs * seqs_per_sample,
@@ -410,32 +421,49 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
         "recompute_method": method, "recompute_num_layers": ckpt_layers,
         "optimizer": optim_name, "distributed_optimizer": distributed_opt, "accelerator": accelerator,
         "precision": str(_get(t, "precision", "32")), "megatron_amp_O2": bool(_get(m, "megatron_amp_O2", False)),
-        "attributes": n_attr,
+        "attributes": n_attr, "num_layers": layers, "transformer_engine": bool(_get(m, "transformer_engine", False)),
     }
-    if p.errors and not dp:
-        return p
-    if hidden % heads and _get(m, "kv_channels") is None:
-        return p
+    return Checks(layout, vocab_info, errors, warnings, notes)
 
-    # ---- parameters ----------------------------------------------------------------------------------------------
-    arch = _arch(m, n_attr, vocab, padded)
-    counts = arch.counts()
-    p.params = {k: round(v) for k, v in counts.items()}
 
-    # ---- memory ----------------------------------------------------------------------------------------------------
-    if not (tp >= 1 and pp >= 1 and layers % pp == 0) or recompute not in ("none", "selective", "full"):
-        return p
-    precision = p.layout["precision"]
-    half = precision in ("bf16", "bf16-mixed", "16", "16-mixed")
-    w_bytes = 2 if (half and p.layout["megatron_amp_O2"]) else 4
+def model_arch(m, layout: dict[str, Any], vocab: dict[str, Any]) -> Arch | None:
+    """The architecture to count; None when the head size is undefined (hidden not divisible by the heads and no
+    kv_channels). Independent of the layout's errors: a model's size does not depend on how it is split."""
+    hidden, heads = int(m.hidden_size), int(m.num_attention_heads)
+    if _get(m, "kv_channels") is None and (heads < 1 or hidden % heads):
+        return None
+    return _arch(m, layout["attributes"], _tokenizer_vocab(m), vocab.get("padded"))
+
+
+def parameter_counts(arch: Arch) -> dict[str, int]:
+    return {k: round(v) for k, v in arch.counts().items()}
+
+
+def _stages_known(layout: dict[str, Any]) -> bool:
+    tp, pp = layout["tp"], layout["pp"]
+    return bool(layout["dp"]) and tp >= 1 and pp >= 1 and layout["num_layers"] % pp == 0 and \
+        layout["recompute"] in ("none", "selective", "full")
+
+
+def memory_estimate(arch: Arch, layout: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any] | None:
+    """Per-GPU memory (GiB) of the first and the last pipeline stage; None when the layout has no valid stages."""
+    if not _stages_known(layout):
+        return None
+    L = layout
+    tp, pp, vp, cp, dp, n_mb = L["tp"], L["pp"], L["vp"], L["cp"], L["dp"], L["num_microbatches"]
+    recompute, method, ckpt_layers = L["recompute"], L["recompute_method"], L["recompute_num_layers"]
+    distributed_opt, padded = L["distributed_optimizer"], arch.padded_vocab
+    half = L["precision"] in ("bf16", "bf16-mixed", "16", "16-mixed")
+    w_bytes = 2 if (half and L["megatron_amp_O2"]) else 4
     opt_bytes = 8 + (4 if w_bytes == 2 else 0)
     act_dtype = 2 if half else 4
-    flash = bool(_get(m, "transformer_engine", False)) and on_gpu
+    flash = L["transformer_engine"] and L["accelerator"] in ("gpu", "cuda")
     shard = max(dp * cp, 1)
-    per_stage = layers // pp
-    seqs_mb = mbs * seqs_per_sample
+    per_stage = L["num_layers"] // pp
+    seq = L["seq_length"]
     s_local = seq // cp if cp else seq
-    kw = dict(seq=s_local, seqs=seqs_mb, tp=tp, sp=sp and tp > 1, dtype_bytes=act_dtype)
+    kw = dict(seq=s_local, seqs=L["sequences_per_micro_batch"], tp=tp, sp=L["sequence_parallel"] and tp > 1,
+              dtype_bytes=act_dtype)
     layer_none = activation_bytes_per_layer(arch, keep_scores=not flash, **kw)
     layer_sel = activation_bytes_per_layer(arch, keep_scores=False, **kw)
     layer_in = layer_input_bytes(arch, **kw)
@@ -455,8 +483,8 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
     def stage(first: bool, last: bool, inflight: float) -> dict[str, Any]:
         n_params = per_stage * arch.layer_params(tp)
         if first:
-            n_params += (padded or 0) * hidden / tp + arch.learned_pos
-        output_layer = (padded or 0) * hidden / tp if last else 0.0
+            n_params += (padded or 0) * arch.hidden / tp + arch.learned_pos
+        output_layer = (padded or 0) * arch.hidden / tp if last else 0.0
         if last:
             n_params += arch.norm + output_layer + arch.head_params(tp)
         a = acts(inflight)
@@ -476,18 +504,22 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
     first = stage(True, pp == 1, n_inflight_first * interleave)
     last = stage(pp == 1, True, 1.0) if pp > 1 else first
     worst = max((first, last), key=lambda r: r["total"])
-    fits = worst["total"] <= opts["gpu_memory_gb"]
-    p.memory = {
+    return {
         "unit": "GiB", "gpu_memory_gb": opts["gpu_memory_gb"], "first_stage": first, "last_stage": last,
-        "worst_stage": "first" if worst is first else "last", "peak": worst["total"], "fits": fits,
+        "worst_stage": "first" if worst is first else "last", "peak": worst["total"],
+        "fits": worst["total"] <= opts["gpu_memory_gb"],
         "bytes_per_param": {"weights": w_bytes, "gradients": 4, "optimizer": opt_bytes,
                             "optimizer_sharded_over": shard if distributed_opt else 1},
-        "attention_scores_kept": not flash, "checked": check_memory,
+        "attention_scores_kept": not flash,
     }
-    if check_memory and not fits:
-        stage_name = "first" if worst is first else "last"
-        err(f"does not fit: {worst['total']:.1f} GiB per GPU on the {stage_name} pipeline stage > "
-            f"plan.gpu_memory_gb={opts['gpu_memory_gb']:g} (weights {worst['weights']:.1f} + gradients "
+
+
+def does_not_fit(memory: dict[str, Any], layout: dict[str, Any]) -> str:
+    """The error for a plan whose worst stage exceeds the GPU, with what would help."""
+    worst = memory[f"{memory['worst_stage']}_stage"]
+    recompute, distributed_opt = layout["recompute"], layout["distributed_optimizer"]
+    return (f"does not fit: {worst['total']:.1f} GiB per GPU on the {memory['worst_stage']} pipeline stage > "
+            f"plan.gpu_memory_gb={memory['gpu_memory_gb']:g} (weights {worst['weights']:.1f} + gradients "
             f"{worst['gradients']:.1f} + optimizer {worst['optimizer']:.1f} + activations (recomputation: {recompute}"
             f") {worst['activations']:.1f} + overhead {worst['overhead']:.1f}); try "
             + ", ".join(([] if distributed_opt else ["a distributed optimizer (distributed_fused_adam)"])
@@ -495,34 +527,130 @@ def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | No
                         + ["more pipeline stages (PP)", "more data-parallel ranks to shard the optimizer"
                            if distributed_opt else "more TP", "a smaller micro-batch"]))
 
-    # ---- compute -------------------------------------------------------------------------------------------------
-    seqs_step = gbs * seqs_per_sample
-    fwd = 2 * seq * arch.matmul_weights_per_layer() * layers + 4 * seq * seq * arch.heads * arch.head_dim * layers \
-        + 2 * hidden * n_attr
+
+def padded_width_distribution(histogram: dict[str, Any], sequences: int, seq_length: int,
+                              length_grouped: bool = False) -> dict[int, float]:
+    """Probability of each micro-batch width, from a data report's ``length_histogram`` (rows per padded length).
+
+    A micro-batch of ``sequences`` rows in random order is as wide as its longest row: P(W <= w) = F(w)^sequences,
+    F the rows' length distribution (rows drawn independently; a preference pair's two responses count as two).
+    Length-grouped batches hold rows of similar length: taken as one row's width (a lower bound)."""
+    counts = {min(int(k), seq_length): int(v) for k, v in histogram["counts"].items() if int(v) > 0}
+    total = sum(counts.values())
+    if not total:
+        return {}
+    k = 1 if length_grouped else max(int(sequences), 1)
+    out, below, prev = {}, 0, 0.0
+    for width in sorted(counts):
+        below += counts[width]
+        cdf = (below / total) ** k
+        out[width] = cdf - prev
+        prev = cdf
+    return out
+
+
+def forward_flops(arch: Arch, width: float) -> float:
+    """One sequence's forward FLOPs at ``width`` tokens: matmuls, QKᵀ and attention x V, the head (no LM layer)."""
+    return 2 * width * arch.matmul_weights_per_layer() * arch.layers \
+        + 4 * width * width * arch.heads * arch.head_dim * arch.layers + 2 * arch.hidden * arch.attributes
+
+
+def compute_estimate(arch: Arch, layout: dict[str, Any], opts: dict[str, Any], *, train_rows: int | None = None,
+                     max_steps: int = -1, epochs: int = 1, widths: dict[int, float] | None = None) -> dict[str, Any]:
+    """FLOPs and time per step (at seq_length, and at the expected padded width when ``widths`` is given), and the
+    run's length in steps and hours."""
+    L = layout
+    seq, world, gbs, n_mb, pp, vp = L["seq_length"], L["world"], L["global_batch_size"], L["num_microbatches"], \
+        L["pp"], L["vp"]
+    seqs_step = gbs * (2 if L["samples_are"] == "pairs" else 1)
+    fwd = forward_flops(arch, seq)
     model_flops = 3 * fwd * seqs_step
-    extra = {"none": 0.0, "selective": 4 * seq * seq * arch.heads * arch.head_dim * layers, "full": fwd}[recompute]
+    extra = {"none": 0.0, "selective": 4 * seq * seq * arch.heads * arch.head_dim * arch.layers,
+             "full": fwd}[L["recompute"]]
     hw_flops = model_flops + extra * seqs_step
-    peak = opts["peak_tflops"] * 1e12
-    step_s = model_flops / (world * peak * opts["mfu"]) if world and peak and opts["mfu"] else None
-    rm = _get(t, "rm")
-    max_steps = int(_get(rm, "max_steps", -1)) if rm is not None else -1
-    epochs = int(_get(rm, "max_epochs", 1)) if rm is not None else 1
-    rows = opts["train_rows"]
-    if rows is None and not preference and _get(cfg.data, "source") in ("files", "hub"):
-        rows = HELPSTEER2_TRAIN_ROWS
-    steps_per_epoch = int(rows) // gbs if rows else None
+    rate = world * opts["peak_tflops"] * 1e12 * opts["mfu"]
+    step_at_seq = model_flops / rate if rate else None
+    padded_length = padded_flops = None
+    step_s = step_at_seq
+    if widths:
+        padded_length = sum(w * p for w, p in widths.items())
+        padded_flops = 3 * seqs_step * sum(forward_flops(arch, w) * p for w, p in widths.items())
+        step_s = padded_flops / rate if rate else None
+    steps_per_epoch = int(train_rows) // gbs if train_rows else None
     candidates = [x for x in (steps_per_epoch * epochs if steps_per_epoch is not None else None,
                               max_steps if max_steps >= 0 else None) if x is not None]
     steps = min(candidates) if candidates else None
     bubble = (pp - 1) / ((vp or 1) * n_mb) if n_mb else None  # 1F1B idle fraction (Narayanan et al. 2021)
-    p.compute = {
+    return {
         "tokens_per_step": seqs_step * seq, "sequences_per_step": seqs_step, "pipeline_bubble": bubble,
         "model_flops_per_step": model_flops, "hardware_flops_per_step": hw_flops,
-        "peak_tflops": opts["peak_tflops"], "mfu": opts["mfu"], "step_time_s": step_s,
-        "train_rows": rows, "steps_per_epoch": steps_per_epoch, "max_epochs": epochs, "max_steps": max_steps,
+        "peak_tflops": opts["peak_tflops"], "mfu": opts["mfu"],
+        "expected_padded_length": padded_length, "model_flops_per_step_padded": padded_flops,
+        "step_time_at_seq_length_s": step_at_seq, "step_time_s": step_s,
+        "train_rows": train_rows, "steps_per_epoch": steps_per_epoch, "max_epochs": epochs, "max_steps": max_steps,
         "steps": steps, "run_hours": steps * step_s / 3600 if steps and step_s else None,
         "gpu_hours": steps * step_s / 3600 * world if steps and step_s else None,
     }
+
+
+def _data_widths(path: str, layout: dict[str, Any], length_grouped: bool, warnings: list[str],
+                 errors: list[str]):
+    """Micro-batch width distribution from ``plan.data_report`` (examples/prepare_data.py's data_report.json)."""
+    import json
+
+    try:
+        report = json.loads(open(path).read())
+        train = report["splits"]["train"]
+        histogram = train["length_histogram"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        errors.append(f"plan.data_report={path}: not a data report with a train length histogram "
+                      f"(examples/prepare_data.py writes one): {type(e).__name__}: {e}")
+        return None, None
+    reported = (report.get("settings") or {}).get("seq_length")
+    if reported is not None and int(reported) != layout["seq_length"]:
+        warnings.append(f"plan.data_report was prepared at seq_length {reported}, this plan uses "
+                        f"{layout['seq_length']}: rows longer than the smaller one are counted at its width")
+    return padded_width_distribution(histogram, layout["sequences_per_micro_batch"], layout["seq_length"],
+                                     length_grouped), int(train["used"])
+
+
+def make_plan(cfg: DictConfig, options: dict | None = None, *, strict: bool | None = None,
+              check_memory: bool | None = None, choices: dict | None = None) -> Plan:
+    """Everything the planner knows about ``cfg``. Never raises for a bad config: rules broken are in .errors."""
+    _ensure_resolvers()
+    opts = dict(options) if options is not None else plan_options(cfg)
+    strict = bool(opts.get("strict")) if strict is None else strict
+    p = Plan(options=opts, choices=dict(choices or {}))
+    em = _get(cfg, "exp_manager")
+    p.run = {"name": _get(cfg, "name"), "explicit_log_dir": _get(em, "explicit_log_dir") if em is not None else None,
+             "max_time_per_run": _get(em, "max_time_per_run") if em is not None else None}
+    checks = check_rules(cfg, strict=strict)
+    p.layout, p.vocab = checks.layout, checks.vocab
+    p.errors, p.warnings, p.notes = checks.errors, checks.warnings, checks.notes
+    arch = model_arch(cfg.model, p.layout, p.vocab)
+    if arch is None:
+        return p
+    p.params = parameter_counts(arch)
+    memory = memory_estimate(arch, p.layout, opts)
+    if memory is None:
+        return p
+    on_gpu = p.layout["accelerator"] in ("gpu", "cuda")
+    p.memory = {**memory, "checked": on_gpu if check_memory is None else check_memory}
+    if p.memory["checked"] and not memory["fits"]:
+        p.errors.append(does_not_fit(memory, p.layout))
+    rm = _get(cfg.trainer, "rm")
+    rows = opts["train_rows"]
+    preference = p.layout["samples_are"] == "pairs"
+    if rows is None and not preference and _get(cfg.data, "source") in ("files", "hub"):
+        rows = HELPSTEER2_TRAIN_ROWS
+    widths = None
+    if opts["data_report"]:
+        widths, used = _data_widths(str(opts["data_report"]), p.layout, bool(_get(cfg.data, "length_grouped", False)),
+                                    p.warnings, p.errors)
+        rows = rows if opts["train_rows"] is not None or used is None else used
+    p.compute = compute_estimate(arch, p.layout, opts, train_rows=rows,
+                                 max_steps=int(_get(rm, "max_steps", -1)) if rm is not None else -1,
+                                 epochs=int(_get(rm, "max_epochs", 1)) if rm is not None else 1, widths=widths)
     return p
 
 
@@ -598,14 +726,19 @@ def format_table(p: Plan) -> str:
         add(f"  with recomputation (hardware FLOPs)             {c['hardware_flops_per_step'] / 1e15:>11,.1f} PFLOP")
         if c["pipeline_bubble"]:
             add(f"  pipeline bubble (PP-1)/(VP x micro-batches)     {c['pipeline_bubble']:>13.1%}  (inside the MFU)")
-        if c["step_time_s"] is not None:
+        if c["step_time_at_seq_length_s"] is not None:
             add(f"  est. time per step at {c['mfu']:.0%} MFU of {c['peak_tflops']:g} TFLOP/s  "
-                f"{c['step_time_s']:>10,.1f} s")
+                f"{c['step_time_at_seq_length_s']:>10,.1f} s  (every row at seq_length {L['seq_length']:,})")
+        padded = c["expected_padded_length"] is not None
+        if padded and c["step_time_s"] is not None:
+            add(f"  ... at the data's expected padded length {c['expected_padded_length']:>8,.0f}  "
+                f"{c['step_time_s']:>10,.1f} s  (plan.data_report's length histogram)")
         if c["steps"] is not None and c["run_hours"] is not None:
             src = (f"{c['train_rows']:,} rows, {c['steps_per_epoch']} steps/epoch x {c['max_epochs']}"
                    if c["steps_per_epoch"] is not None else "trainer.rm.max_steps")
-            add(f"  run: {c['steps']} steps ({src}) ~ {c['run_hours']:.1f} h, {c['gpu_hours']:,.0f} GPU-hours "
-                "(upper bound: batches are cut to their longest row)")
+            add(f"  run: {c['steps']} steps ({src}) ~ {c['run_hours']:.1f} h, {c['gpu_hours']:,.0f} GPU-hours"
+                + ("" if padded else " (upper bound: batches are cut to their longest row; plan.data_report=PATH "
+                                     "estimates the data's widths)"))
     for title, items in (("errors", p.errors), ("warnings", p.warnings), ("before training", p.notes)):
         if items:
             add(f"{title}:")

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_hs2 import compat
 from nemo_hs2.config_checks import parallel_layout
+from nemo_hs2.models.build import build_model
 
 
 def _seed_everything(seed: int) -> None:
@@ -81,42 +82,6 @@ def configure_resume(cfg: DictConfig) -> str:
     return ckpt_dir
 
 
-def build_model(cfg: DictConfig, trainer):
-    from nemo_aligner.utils.utils import load_and_override_model_config, load_from_nemo
-
-    from nemo_hs2.models.reward_model import AttributeRewardModel
-
-    path = (cfg.get("init") or {}).get("restore_from_path")
-    if not path:
-        return AttributeRewardModel(cfg.model, trainer)
-    layout = cfg.init.get("head_layout")
-    if layout is not None:  # a positional head: load it whole under its layout's names, then keep ours by name
-        from nemo_aligner.utils.utils import load_checkpoint_model_config
-
-        from nemo_hs2.models.head_layout import head_attributes, keep_head_outputs
-
-        outputs, keep = head_attributes(load_checkpoint_model_config(path).get("regression"), path, layout,
-                                        (cfg.model.get("regression") or {}).get("attributes"))
-    # The checkpoint carries its resolved weight mappings; a merge would union them with this run's keys.
-    asked = {k: cfg.model.regression.get(k) for k in ("reward_weights", "bt_reward")}
-    with open_dict(cfg):
-        cfg.model = load_and_override_model_config(path, cfg.model)
-        for key, value in asked.items():
-            if value is not None:
-                cfg.model.regression[key] = value
-        if layout is not None:
-            cfg.model.regression.attributes = list(outputs)
-    base = cfg.init.mode == "base"
-    # base: the GPT backbone only, a freshly initialised head; reward_model: the head too.
-    model = load_from_nemo(AttributeRewardModel, cfg.model, trainer, strict=True, load_base_model_only=base,
-                           restore_path=path)
-    if layout is not None:
-        keep_head_outputs(model, keep)
-        with open_dict(cfg):
-            cfg.model.regression.attributes = list(keep)
-    return model
-
-
 def run(cfg: DictConfig) -> dict:
     """Train, validate and save; returns the metrics written to ``metrics.json``.
 
@@ -135,7 +100,6 @@ def _train(cfg: DictConfig, layout: dict) -> dict:
     configure_resume(cfg)
 
     import torch
-    from nemo.utils import logging
     from nemo.utils.exp_manager import exp_manager
     from nemo_aligner.data.nlp.builders import build_dataloader
     from nemo_aligner.utils import parallel_state
@@ -154,6 +118,7 @@ def _train(cfg: DictConfig, layout: dict) -> dict:
     from nemo_hs2.data.preference import PairCollator, build_pair_datasets
     from nemo_hs2.data.sampler import build_train_sampler
     from nemo_hs2.faults import FiniteStepGuard, PreemptionTimer, RngStateCheckpoint, set_collective_timeout
+    from nemo_hs2.quiet import log as logging
     from nemo_hs2.trainer import MetricsRecorder, RewardModelTrainer
 
     started = time.time()
@@ -229,4 +194,5 @@ def _train(cfg: DictConfig, layout: dict) -> dict:
     recorder.write(extra=summary)
     logging.info(f"wrote {recorder.path}" + (f" (stopped by {timer.signal_received})" if timer.preempted else ""))
     torch.distributed.barrier()
-    return {**summary, "final_validation": recorder.validation[-1] if recorder.validation else {}}
+    return {**summary, "final_validation": recorder.validation[-1] if recorder.validation else {},
+            "metrics_path": recorder.path}

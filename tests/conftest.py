@@ -19,3 +19,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def pytest_configure(config):
     # Two tiers: `pytest -m "not slow"` is the daily loop; CI runs everything.
     config.addinivalue_line("markers", "slow: takes tens of seconds or more (multi-process training, real models)")
+
+
+# Tests marked here rather than in their file: the reward server's tests share a server process that loads the demo
+# checkpoint (tens of seconds to start), and the torchrun one starts two more.
+SLOW_FIXTURES = {"server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or "under_torchrun" in item.name:
+            item.add_marker(pytest.mark.slow)

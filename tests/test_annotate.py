@@ -144,6 +144,7 @@ def test_bad_row_stops_with_its_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ with the demo model
+@pytest.mark.slow  # the script loads the checkpoint in its own process: ~30 s CPU
 def test_script_labels_like_the_offline_api(tmp_path_factory, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()

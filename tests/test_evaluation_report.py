@@ -119,6 +119,7 @@ def test_attribute_without_labels_gets_no_plot(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ with the demo model
+@pytest.mark.slow  # the evaluation script loads the checkpoint in its own process: ~30 s CPU
 def test_evaluation_script_writes_the_report(tmp_path_factory):
     cli = cli_evaluation(tmp_path_factory)
     out = cli["out"]

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test runs the training entry in a subprocess (tens of seconds each)
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "examples" / "train_reward_model.py")
 FAULT = str(ROOT / "tests" / "workers" / "train_with_fault.py")

@@ -254,3 +254,103 @@ def test_plan_cli_prints_a_table_and_json(capsys, tmp_path):
     assert "checks: FAILED" in table and "num_layers (80)" in table
     assert plan_cli.main(["model=no_such_preset"]) == 2
     assert plan_cli.main(["plan.nonsense=1"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ the parts
+
+
+def test_check_rules_reads_the_layout_and_lists_broken_rules():
+    good = planner.check_rules(load("+recipe=hs2_llama3_70b", CKPT))
+    assert not good.errors and (good.layout["dp"], good.layout["num_microbatches"]) == (4, 16)
+    assert good.vocab["padded"] == planner.vocab_padding(128256, 128, 8)
+    bad = planner.check_rules(edit(("+recipe=hs2_llama3_70b", CKPT), {"model.pipeline_model_parallel_size": 3}))
+    assert bad.layout["dp"] == 0 and any("num_layers (80) must be divisible" in e for e in bad.errors)
+    # run readiness: a note for the planner, an error when strict (training)
+    assert planner.check_rules(load("+recipe=hs2_llama3_70b")).notes
+    assert planner.check_rules(load("+recipe=hs2_llama3_70b"), strict=True).errors
+
+
+def test_parameter_counts_match_transformers():
+    """A small Llama (gated MLP, grouped-query attention, RMSNorm, no bias, untied output layer) built by
+    transformers has exactly the planner's 'LM incl. output layer' count."""
+    import transformers
+
+    arch = planner.Arch(layers=3, hidden=32, ffn=80, heads=4, groups=2, head_dim=8, vocab=100, padded_vocab=128,
+                        gated=True, norm=32, bias=False, learned_pos=0, attributes=5)
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False))
+    counts = planner.parameter_counts(arch)
+    assert counts["lm_with_output_layer"] == sum(p.numel() for p in llama.parameters())
+    assert counts["reward_model"] == counts["lm_with_output_layer"] - 100 * 32 + 32 * 5 + 5
+    assert counts["allocated_padded"] == counts["lm_with_output_layer"] + 2 * 28 * 32 + 32 * 5 + 5
+
+
+def test_parameter_counts_are_printed_whatever_the_layout():
+    p = planner.make_plan(load("model=nemotron4_340b"))  # TP 8 on one CPU process: the layout is wrong
+    assert not p.ok and p.params["lm_with_output_layer"] == pytest.approx(341.03e9, rel=1e-4)
+    assert not p.memory and "341.03 B" in planner.format_table(p)
+
+
+def test_memory_estimate_adds_up():
+    checks = planner.check_rules(load("+recipe=hs2_llama3_70b", CKPT))
+    arch = planner.model_arch(load("+recipe=hs2_llama3_70b", CKPT).model, checks.layout, checks.vocab)
+    opts = planner.plan_options()
+    mem = planner.memory_estimate(arch, checks.layout, opts)
+    first = mem["first_stage"]
+    params = 40 * arch.layer_params(8) + checks.vocab["padded"] * 8192 / 8  # 80 layers / PP 2, embedding / TP 8
+    assert first["params"] == round(params)
+    assert first["weights"] == pytest.approx(params * 2 / planner.GIB)                   # bf16 O2
+    assert first["optimizer"] == pytest.approx(params * 12 / 4 / planner.GIB)            # distributed over DP 4
+    tensors = first["weights"] + first["gradients"] + first["optimizer"] + first["activations_full"]
+    assert first["total"] == pytest.approx(tensors * 1.1 + 5)
+    assert mem["fits"] and mem["peak"] == max(first["total"], mem["last_stage"]["total"])
+    assert "does not fit: " in planner.does_not_fit(mem, checks.layout)
+    bad = planner.check_rules(edit(("+recipe=hs2_llama3_70b", CKPT), {"trainer.devices": 7}))
+    assert planner.memory_estimate(arch, bad.layout, opts) is None  # no data-parallel size: nothing to size
+
+
+def test_padded_width_distribution_matches_enumeration():
+    import itertools
+
+    hist = {"bin_width": 8, "counts": {"16": 3, "24": 1, "64": 2, "4104": 1}}  # one row past seq_length 4096
+    rows = [16] * 3 + [24] + [64] * 2 + [4096]
+    for k in (1, 2, 3):
+        widths = planner.padded_width_distribution(hist, k, 4096)
+        draws = list(itertools.product(rows, repeat=k))
+        for w in (16, 24, 64, 4096):
+            assert widths[w] == pytest.approx(sum(max(d) == w for d in draws) / len(draws))
+    assert planner.padded_width_distribution(hist, 4, 4096, length_grouped=True) == \
+        planner.padded_width_distribution(hist, 1, 4096)
+
+
+def test_compute_estimate_by_hand():
+    cfg = load("+recipe=hs2_llama3_70b", CKPT)
+    checks = planner.check_rules(cfg)
+    arch = planner.model_arch(cfg.model, checks.layout, checks.vocab)
+    opts = planner.plan_options()
+    s, L, h = 4096, 80, 8192
+    fwd = 2 * s * L * (h * (64 + 16) * 128 + 64 * 128 * h + 3 * h * 28672) + 4 * s * s * 64 * 128 * L + 2 * h * 5
+    c = planner.compute_estimate(arch, checks.layout, opts, train_rows=20324, max_steps=-1, epochs=2)
+    assert c["model_flops_per_step"] == pytest.approx(3 * fwd * 128)
+    assert c["step_time_s"] == c["step_time_at_seq_length_s"] == pytest.approx(3 * fwd * 128 / (64 * 989e12 * 0.3))
+    assert (c["steps_per_epoch"], c["steps"]) == (158, 316)
+    # at the data's widths: every micro-batch 1000 or 2000 tokens wide, equally likely
+    w = planner.compute_estimate(arch, checks.layout, opts, widths={1000: 0.5, 2000: 0.5})
+    at = lambda n: planner.forward_flops(arch, n) * 3 * 128 / (64 * 989e12 * 0.3)  # noqa: E731
+    assert w["expected_padded_length"] == 1500 and w["step_time_s"] == pytest.approx((at(1000) + at(2000)) / 2)
+    assert w["step_time_at_seq_length_s"] == c["step_time_s"]
+
+
+def test_plan_reads_the_data_report(tmp_path):
+    report = tmp_path / "data_report.json"
+    report.write_text(json.dumps({"settings": {"seq_length": 4096}, "splits": {"train": {
+        "used": 1000, "length_histogram": {"bin_width": 8, "counts": {"512": 600, "1024": 400}}}}}))
+    p = plan("+recipe=hs2_llama3_70b", CKPT, data_report=str(report))
+    c = p.compute
+    # 2 rows per micro-batch: P(both <= 512) = 0.36
+    assert c["expected_padded_length"] == pytest.approx(0.36 * 512 + 0.64 * 1024)
+    assert c["step_time_s"] < c["step_time_at_seq_length_s"] and c["train_rows"] == 1000
+    table = planner.format_table(p)
+    assert "(every row at seq_length 4,096)" in table and "expected padded length" in table
+    assert not plan("+recipe=hs2_llama3_70b", CKPT, data_report=str(tmp_path / "none.json")).ok

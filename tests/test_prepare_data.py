@@ -72,6 +72,8 @@ def test_report_matches_hand_computation(tiny, tmp_path):
         # used lengths 100, 90, 150 (truncated from 200), 82
         assert r["tokens"] == {"mean": 105.5, "p50": 90, "p90": 150, "max": 150}
         assert r["tokens_before_truncation"] == {"mean": 118.0, "p50": 90, "p90": 200, "max": 200}
+        # rows per padded length (multiple of data.pad_to_multiple = 8): 82 -> 88, 90 -> 96, 100 -> 104, 150 -> 152
+        assert r["length_histogram"] == {"bin_width": 8, "counts": {"88": 1, "96": 1, "104": 1, "152": 1}}
         assert r["attributes"] == {
             "helpfulness": {"0": 1, "1": 0, "2": 1, "3": 1, "4": 1, "missing": 0},
             "correctness": {"0": 1, "1": 0, "2": 0, "3": 1, "4": 1, "missing": 1},
@@ -112,6 +114,21 @@ def test_script_fails_fast_on_a_bad_row(tiny, tmp_path):
     assert proc.returncode == 1
     assert f"{tiny}:3: helpfulness: expected a number" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_defaults_to_helpsteer2_and_names_the_file_override(tiny, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="prepare_data")  # the form users type, minus the files
+    assert cfg.data.source == "files"
+    with pytest.raises(ValueError, match=r"data.source=files needs data.train_file=PATH"):
+        validate(cfg.data)
+    proc = _run([f"data.train_file={tiny}", f"data.validation_file={tmp_path / 'nope.jsonl'}",
+                 f"output_dir={tmp_path / 'out'}", "data.on_bad_row=skip"], tmp_path)
+    assert proc.returncode == 1 and f"data.validation_file={tmp_path / 'nope.jsonl'}: no such file (set " \
+        "data.validation_file=PATH)" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "Could not override" not in proc.stderr
 
 
 def test_script_writes_report_and_cache_in_skip_mode(tiny, tmp_path):

@@ -235,6 +235,7 @@ def test_loading_refuses_what_it_cannot_load(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ with the demo model
+@pytest.mark.slow  # the evaluation script loads the checkpoint in its own process
 def test_evaluation_script_writes_rewardbench_results(tmp_path_factory):
     cli = cli_evaluation(tmp_path_factory)
     out = cli["out"]

@@ -39,9 +39,10 @@ def load_split(data_cfg, split: str):
 def _split_file(data_cfg, split: str) -> str:
     path = data_cfg.get(f"{split}_file")
     if not path:
-        raise ValueError(f"data.source=files needs data.{split}_file=PATH (.jsonl, .jsonl.gz or .parquet)")
+        raise ValueError(f"data.source=files needs data.{split}_file=PATH (.jsonl, .jsonl.gz or .parquet; "
+                         "data=demo for the generated demo set)")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data.{split}_file={path}: no such file")
+        raise FileNotFoundError(f"data.{split}_file={path}: no such file (set data.{split}_file=PATH)")
     return str(path)
 
 
@@ -200,7 +201,8 @@ def prepare(data_cfg, tokenizer, seq_length: int, output_dir: str | os.PathLike 
         "cache_dir": data_cfg.get("cache_dir"),
     }
     report = data_report(datasets, stats, attributes=list(data_cfg.attributes),
-                         score_range=tuple(data_cfg.score_range), settings=settings)
+                         score_range=tuple(data_cfg.score_range), settings=settings,
+                         length_bin=int(data_cfg.get("pad_to_multiple", 8)))
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ or a whole entry; ``meta.json`` is written last and an entry without it is never
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -104,7 +105,8 @@ def load(path: str | os.PathLike, key: str) -> tuple[RewardDataset, TokenizeStat
     if len(arrays["offsets"]) != rows + 1 or int(arrays["offsets"][-1]) != len(arrays["tokens"]):
         return None
     ds = RewardDataset.from_arrays(arrays["tokens"], arrays["offsets"], arrays["labels"], arrays["pair_ids"],
-                                   meta["attributes"], full_lengths=arrays["full_lengths"], cache_dir=str(path))
+                                   meta["attributes"], full_lengths=arrays["full_lengths"],
+                                   reopen=functools.partial(open_arrays, str(path)))
     stats = TokenizeStats.from_dict(meta["stats"])
     stats.cache_path, stats.cache_hit = str(path), True
     return ds, stats

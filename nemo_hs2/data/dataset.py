@@ -106,10 +106,12 @@ class RewardDataset(torch.utils.data.Dataset):
     @classmethod
     def from_arrays(cls, flat: np.ndarray, offsets: np.ndarray, labels: np.ndarray, pair_ids: np.ndarray,
                     attributes: Sequence[str], full_lengths: np.ndarray | None = None,
-                    cache_dir: str | None = None) -> RewardDataset:
+                    reopen=None) -> RewardDataset:
+        """``reopen``: a picklable no-argument callable returning the arrays again (by the cache's array names),
+        so that a pickled dataset carries the way to its memmaps instead of their contents."""
         self = cls.__new__(cls)
         self._init(flat, offsets, labels, pair_ids, attributes, full_lengths)
-        self._cache_dir = cache_dir
+        self._reopen = reopen
         return self
 
     def _init(self, flat, offsets, labels, pair_ids, attributes, full_lengths):
@@ -127,7 +129,7 @@ class RewardDataset(torch.utils.data.Dataset):
         self.pair_ids = np.asarray(pair_ids, dtype=np.int64)
         self.attributes = tuple(attributes)
         self.full_lengths = None if full_lengths is None else np.asarray(full_lengths, dtype=np.int64)
-        self._cache_dir = None
+        self._reopen = None
 
     @property
     def tokens(self) -> TokenRows:
@@ -158,17 +160,15 @@ class RewardDataset(torch.utils.data.Dataset):
     def __getstate__(self):
         # A memmap pickles as its whole contents; a spawned DataLoader worker can re-open the cache instead.
         state = dict(self.__dict__)
-        if self._cache_dir is not None:
+        if self._reopen is not None:
             for key in ("_flat", "_offsets", "labels", "pair_ids", "full_lengths"):
                 state[key] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if self._cache_dir is not None and self._flat is None:
-            from nemo_hs2.data.cache import open_arrays
-
-            arrays = open_arrays(self._cache_dir)
+        if self._reopen is not None and self._flat is None:
+            arrays = self._reopen()
             self._flat, self._offsets = arrays["tokens"], arrays["offsets"]
             self.labels, self.pair_ids, self.full_lengths = arrays["labels"], arrays["pair_ids"], arrays["full_lengths"]
 

@@ -46,7 +46,16 @@ def score_histogram(column: np.ndarray, score_range: Sequence[float]) -> dict[st
     return ordered
 
 
-def split_report(dataset, stats, attributes: Sequence[str], score_range: Sequence[float]) -> dict:
+def length_histogram(lengths, bin_width: int) -> dict:
+    """Rows per padded length (the upper edge of each ``bin_width`` bin, the width a batch pads such a row to);
+    the planner reads it to estimate micro-batch widths."""
+    edges = -(-np.asarray(lengths, dtype=np.int64) // bin_width) * bin_width
+    values, counts = np.unique(edges, return_counts=True)
+    return {"bin_width": int(bin_width), "counts": {str(int(v)): int(c) for v, c in zip(values, counts)}}
+
+
+def split_report(dataset, stats, attributes: Sequence[str], score_range: Sequence[float],
+                 length_bin: int = 8) -> dict:
     labels = np.asarray(dataset.labels)
     report = {
         "rows_read": int(stats.rows),
@@ -55,6 +64,7 @@ def split_report(dataset, stats, attributes: Sequence[str], score_range: Sequenc
         "truncated": int(stats.truncated),
         "unpaired": int(stats.unpaired),  # kept, but their pair partner was dropped
         "tokens": length_summary(dataset.lengths()),
+        "length_histogram": length_histogram(dataset.lengths(), length_bin),
     }
     full = getattr(dataset, "full_lengths", None)
     if full is not None:
@@ -66,9 +76,9 @@ def split_report(dataset, stats, attributes: Sequence[str], score_range: Sequenc
 
 
 def data_report(datasets: dict, stats: dict, attributes: Sequence[str], score_range: Sequence[float],
-                settings: dict | None = None) -> dict:
+                settings: dict | None = None, length_bin: int = 8) -> dict:
     return {"settings": settings or {},
-            "splits": {split: split_report(datasets[split], stats[split], attributes, score_range)
+            "splits": {split: split_report(datasets[split], stats[split], attributes, score_range, length_bin)
                        for split in datasets}}
 
 

@@ -105,10 +105,10 @@ def _load_progress(out_path: str, fingerprint: dict) -> dict:
 
 
 def count_rows(path: str) -> int | None:
-    from nemo_hs2.data.sources import _file_records
+    from nemo_hs2.data.records import file_records
 
     try:
-        return sum(1 for _ in _file_records(Path(path)))
+        return sum(1 for _ in file_records(Path(path)))
     except ValueError:
         return None
 
@@ -116,7 +116,7 @@ def count_rows(path: str) -> int | None:
 def annotate(scorer, input_path: str, output_dir: str, options: AnnotateOptions | None = None,
              progress: bool = True, main: bool = True) -> dict:
     """Annotate ``input_path`` into ``output_dir``; returns the summary (also written as annotate_summary.json)."""
-    from nemo_hs2.data.sources import BadRowError, _Bad, _file_records
+    from nemo_hs2.data.records import BadRowError, RowProblem, file_records
     from nemo_hs2.evaluation.scoring import progress_bar, token_lengths
     from nemo_hs2.inference import conversation_to_text
 
@@ -165,11 +165,11 @@ def annotate(scorer, input_path: str, output_dir: str, options: AnnotateOptions 
     batch, last_seen = [], state["last_line"]
     with progress_bar(total if total is not None else 0, "annotating", progress and main) as bar:
         bar.update(done_before)
-        for number, record in _file_records(Path(input_path)):
+        for number, record in file_records(Path(input_path)):
             if number <= state["last_line"]:
                 continue
             last_seen = number
-            if isinstance(record, _Bad):
+            if isinstance(record, RowProblem):
                 if options.on_bad_row == "error":
                     raise BadRowError(input_path, number, record.field, record.reason, record.detail)
                 skipped[record.reason] += 1

@@ -71,23 +71,23 @@ def conversation(prompt: str, response: str) -> list[dict[str, str]]:
 
 # ------------------------------------------------------------------------------------------------------ reading
 def _rows(records: Iterable[tuple[int, object]], source: str) -> list[Row]:
-    from nemo_hs2.data.sources import BadRowError, _Bad, _json_type
+    from nemo_hs2.data.records import BadRowError, RowProblem, json_type
 
     rows = []
     for line, record in records:
-        if isinstance(record, _Bad):
+        if isinstance(record, RowProblem):
             raise BadRowError(source, line, record.field, record.reason, record.detail)
         for field in REQUIRED_FIELDS:
             if field not in record or record[field] is None:
                 raise BadRowError(source, line, field, "missing_field", "field is missing")
             if not isinstance(record[field], str):
                 raise BadRowError(source, line, field, "wrong_type",
-                                  f"expected a string, got {_json_type(record[field])}")
+                                  f"expected a string, got {json_type(record[field])}")
         if not record["subset"].strip():
             raise BadRowError(source, line, "subset", "empty_text", "empty subset name")
         row_id = record.get("id")
         if isinstance(row_id, (dict, list, bool)):
-            raise BadRowError(source, line, "id", "wrong_type", f"expected a string or number, got {_json_type(row_id)}")
+            raise BadRowError(source, line, "id", "wrong_type", f"expected a string or number, got {json_type(row_id)}")
         rows.append(Row(record["prompt"], record["chosen"], record["rejected"], record["subset"],
                         str(line) if row_id is None else str(row_id), line))
     if not rows:
@@ -98,24 +98,24 @@ def _rows(records: Iterable[tuple[int, object]], source: str) -> list[Row]:
 def read_file(path: str | os.PathLike) -> list[Row]:
     """Rows of a RewardBench-schema ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file; a bad row stops with
     ``file:line: field: reason``. Extra columns (``chosen_model``, ``rejected_model``, ...) are ignored."""
-    from nemo_hs2.data.sources import _file_records
+    from nemo_hs2.data.records import file_records
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"RewardBench file {path} does not exist")
-    return _rows(_file_records(path), str(path))
+    return _rows(file_records(path), str(path))
 
 
 def read_hub(dataset: str = HUB_DATASET, split: str = HUB_SPLIT, cache_dir: str | None = None) -> list[Row]:
     """The split from the Hugging Face hub (or the local ``datasets`` cache); HubUnavailableError when unreachable."""
     import datasets
 
-    from nemo_hs2.data.sources import HubUnavailableError, _hub_connection_errors, _offline_mode_from_env
+    from nemo_hs2.data.records import HubUnavailableError, hub_connection_errors, offline_mode_from_env
 
     try:
-        with _offline_mode_from_env():
+        with offline_mode_from_env():
             table = datasets.load_dataset(dataset, split=split, cache_dir=cache_dir)
-    except _hub_connection_errors() as e:
+    except hub_connection_errors() as e:
         raise HubUnavailableError(
             f"could not reach the Hugging Face hub to load {dataset} (split '{split}') ({type(e).__name__}: {e}). "
             f"Save the split as .jsonl or .parquet on a machine with access and pass rewardbench.file=PATH") from e

@@ -102,7 +102,7 @@ def load_reward_model(checkpoint: str | os.PathLike, trainer: Mapping | None = N
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
     from nemo_aligner.utils.utils import load_and_override_model_config
 
-    from nemo_hs2.train import build_model
+    from nemo_hs2.models.build import build_model
 
     model_cfg = load_and_override_model_config(path, overrides)
     cfg = OmegaConf.create({"trainer": trainer_cfg, "model": model_cfg, "exp_manager": None,

@@ -1,0 +1,41 @@
+"""The reward model a config asks for: fresh, or started from a ``.nemo`` (``init.mode``: backbone or whole)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, open_dict
+
+
+def build_model(cfg: DictConfig, trainer):
+    from nemo_aligner.utils.utils import load_and_override_model_config, load_from_nemo
+
+    from nemo_hs2.models.reward_model import AttributeRewardModel
+
+    path = (cfg.get("init") or {}).get("restore_from_path")
+    if not path:
+        return AttributeRewardModel(cfg.model, trainer)
+    layout = cfg.init.get("head_layout")
+    if layout is not None:  # a positional head: load it whole under its layout's names, then keep ours by name
+        from nemo_aligner.utils.utils import load_checkpoint_model_config
+
+        from nemo_hs2.models.head_layout import head_attributes, keep_head_outputs
+
+        outputs, keep = head_attributes(load_checkpoint_model_config(path).get("regression"), path, layout,
+                                        (cfg.model.get("regression") or {}).get("attributes"))
+    # The checkpoint carries its resolved weight mappings; a merge would union them with this run's keys.
+    asked = {k: cfg.model.regression.get(k) for k in ("reward_weights", "bt_reward")}
+    with open_dict(cfg):
+        cfg.model = load_and_override_model_config(path, cfg.model)
+        for key, value in asked.items():
+            if value is not None:
+                cfg.model.regression[key] = value
+        if layout is not None:
+            cfg.model.regression.attributes = list(outputs)
+    base = cfg.init.mode == "base"
+    # base: the GPT backbone only, a freshly initialised head; reward_model: the head too.
+    model = load_from_nemo(AttributeRewardModel, cfg.model, trainer, strict=True, load_base_model_only=base,
+                           restore_path=path)
+    if layout is not None:
+        keep_head_outputs(model, keep)
+        with open_dict(cfg):
+            cfg.model.regression.attributes = list(keep)
+    return model
