@@ -12,6 +12,6 @@ fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "from nemo_hs2 import compat; print('compat patches on this machine:', compat.apply())"
 bpe=${NEMO_HS2_GPT2_TIKTOKEN:-.whl/gpt2.tiktoken}
-args=(--device cuda --size 1b --seq-length 4096 --micro-batch 2 --micro-batches 2 --steps 5 --warmup 2)
+args=(--device cuda --pp 1 --size 1b --seq-length 4096 --micro-batch 2 --micro-batches 2 --steps 5 --warmup 2)
 [ -f "$bpe" ] && args+=(--bpe-file "$bpe")
 python3 benchmarks/train_throughput.py "${args[@]}" "$@"

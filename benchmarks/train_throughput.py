@@ -151,7 +151,7 @@ def build_model(args, vocab_size: int):
     return cfg, model, optimizer
 
 
-def batch_order(args, lengths, gbs):
+def batch_order(lengths, mbs, gbs, grouped, seed, group_size=64):
     """Global batches of row indices (one epoch) from the training sampler, as training draws them at DP = 1."""
     from omegaconf import OmegaConf
 
@@ -164,9 +164,43 @@ def batch_order(args, lengths, gbs):
         def lengths(self):
             return lengths
 
-    data_cfg = OmegaConf.create({"length_grouped": args.length_grouped})
-    sampler = build_train_sampler(data_cfg, Rows(), 0, args.micro_batch, gbs, 0, 1, args.seed)
-    return [list(b) for b in sampler]
+    data_cfg = OmegaConf.create({"length_grouped": grouped, "length_group_size": group_size})
+    return [list(b) for b in build_train_sampler(data_cfg, Rows(), 0, mbs, gbs, 0, 1, seed)]
+
+
+def epoch_fraction(lengths, mbs, gbs, grouped, seed, multiple=8, group_size=64):
+    """Real / padded tokens over one epoch of training batches, each micro-batch cut to its longest row."""
+    from nemo_hs2.data.dataset import pad_length
+
+    lengths = np.asarray(lengths)
+    real = padded = 0
+    for batch in batch_order(lengths, mbs, gbs, grouped, seed, group_size):
+        for mb in np.asarray(batch).reshape(-1, mbs):
+            real += int(lengths[mb].sum())
+            padded += len(mb) * pad_length(int(lengths[mb].max()), multiple)
+    return real / padded
+
+
+def default_config_fractions(seed):
+    """Epoch real-token fractions of the default training job (conf/train_reward_model.yaml as is: the demo set,
+    byte-level tokens, its batch sizes), random vs length-grouped batches."""
+    from hydra import compose, initialize_config_dir
+    from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
+    from omegaconf import OmegaConf
+
+    from nemo_hs2.data.build import build_datasets
+
+    OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
+    OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="train_reward_model")
+    assert cfg.model.tokenizer.library == "byte-level"
+    datasets, _ = build_datasets(cfg.data, ByteLevelTokenizer(), int(cfg.data.seq_length), progress=False)
+    lengths = datasets["train"].lengths()
+    mbs, gbs = int(cfg.model.micro_batch_size), int(cfg.model.global_batch_size)
+    return {grouped: epoch_fraction(lengths, mbs, gbs, grouped, seed, int(cfg.data.pad_to_multiple),
+                                    int(cfg.data.length_group_size)) for grouped in (False, True)}, \
+        (bool(cfg.data.length_grouped), mbs, gbs, len(lengths))
 
 
 def stock_batches(examples, tokenizer, seq_length, order, tmp: Path):
@@ -290,7 +324,7 @@ def worker(args) -> int:
     ds, _ = tokenize_examples(examples, tokenizer, list(HELPSTEER2_ATTRIBUTES), max_length=args.seq_length)
     if len(ds) != len(examples):
         raise RuntimeError(f"{len(examples) - len(ds)} rows were dropped: stock and ours would see different rows")
-    order = batch_order(args, ds.lengths(), gbs)
+    order = batch_order(ds.lengths(), args.micro_batch, gbs, args.length_grouped, args.seed)
     collate = Collator(tokenizer.eos_id, pad_to_multiple=8)
     pp = args.layout_pp
     rows = []
@@ -310,7 +344,9 @@ def worker(args) -> int:
             r["peak_gib"] = max(p[i] for p in peaks)  # the largest rank
         info = {"rows": rows, "tokenizer": tok_name, "params": sum(p.numel() for p in model.parameters()),
                 "pp": pp, "tp": args.tp, "num_microbatches": args.micro_batches,
-                "shape_exchange_s": exchange, "examples": len(examples)}
+                "shape_exchange_s": exchange, "examples": len(examples),
+                "epoch_fraction": {name: epoch_fraction(ds.lengths(), args.micro_batch, gbs, name == "grouped",
+                                                        args.seed) for name in ("random", "grouped")}}
         Path(args.worker_out).write_text(json.dumps(info))
     torch.distributed.barrier()
     return 0
@@ -325,7 +361,8 @@ def launch(args, argv, pp: int, out: Path) -> dict:
            "--layout-pp", str(pp)]
     if args.tokenizer_dir:
         cmd += ["--tokenizer-dir", args.tokenizer_dir]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=path, PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout.splitlines():
         if "step" in line and line.lstrip().startswith("PP="):
@@ -361,6 +398,13 @@ def report(args, results):
                   f"= {cost * 1e3:.2f} ms ({100 * cost / ours['step_s']:.3f}% of ours' median step)")
     if args.device == "cpu":
         print("(peak_gib on CPU is the largest rank's max RSS)")
+    ef = first["epoch_fraction"]
+    print(f"ours' real-token fraction over a whole epoch of these rows, micro-batch {args.micro_batch}: random "
+          f"{ef['random']:.3f}, length-grouped {ef['grouped']:.3f}")
+    fractions, (default_grouped, mbs, gbs, rows) = default_config_fractions(args.seed)
+    print(f"default training config (demo set, byte-level, micro-batch {mbs}, global batch {gbs}, {rows} rows, "
+          f"data.length_grouped={str(default_grouped).lower()}): real-token fraction over an epoch "
+          f"{fractions[default_grouped]:.3f} (random batches {fractions[False]:.3f})")
 
 
 def main(argv=None) -> int:
