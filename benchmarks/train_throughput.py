@@ -257,7 +257,7 @@ def run_mode(name, batches, model, optimizer, args, cfg, multiple, variable=True
 
     cuda = args.device == "cuda"
     model.pad_to_multiple = multiple
-    model.variable_seq_lengths = variable
+    model.variable_widths = variable
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times, real, padded, flops = [], 0, 0, 0
@@ -363,12 +363,14 @@ def launch(args, argv, pp: int, out: Path) -> dict:
         cmd += ["--tokenizer-dir", args.tokenizer_dir]
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=path, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout.splitlines():
-        if "step" in line and line.lstrip().startswith("PP="):
-            print(line, flush=True)
+    log = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # progress as it comes; the rest only if the layout fails
+            log.append(line)
+            if line.lstrip().startswith("PP="):
+                print(line.rstrip(), flush=True)
     if proc.returncode:
-        print(proc.stdout[-6000:], file=sys.stderr)
+        print("".join(log)[-6000:], file=sys.stderr)
         raise SystemExit(f"PP={pp} TP={args.tp} failed (rc {proc.returncode})")
     return json.loads(out.read_text())
 

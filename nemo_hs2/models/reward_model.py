@@ -67,8 +67,9 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         self.attributes = tuple(reg.attributes)
         self.loss_name = reg.loss_func
         self.pad_to_multiple = int(self.cfg.get("pad_to_multiple", 8))
-        # false: under PP every micro-batch of a step takes the batch's width (no shape exchange before each send)
-        self.variable_seq_lengths = bool(self.cfg.get("variable_seq_lengths", True))
+        # false: under PP every micro-batch of a step takes the batch's width (no shape exchange before each send).
+        # Not named variable_seq_lengths: NeMo copies model-config keys with megatron's field names into its configs.
+        self.variable_widths = bool(self.cfg.get("variable_micro_batch_widths", True))
         bt_reward = reg.get("bt_reward", "helpfulness")
         if isinstance(bt_reward, str) and bt_reward in self.attributes:  # one named attribute
             bt_reward = {bt_reward: 1.0}
@@ -174,11 +175,12 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         return fwd_output_and_loss_func
 
     def _widths_may_vary(self) -> bool:
-        """Whether micro-batches may have their own widths; under PP that needs the schedule to exchange shapes."""
+        """Set megatron's ``variable_seq_lengths`` for this step (PP only: p2p sends shapes first) and return whether
+        micro-batches may have their own widths."""
         pp = parallel_state.get_pipeline_model_parallel_world_size() > 1
         for module in self.model if isinstance(self.model, list) else [self.model]:
-            get_model_config(module).variable_seq_lengths = pp and self.variable_seq_lengths
-        return self.variable_seq_lengths or not pp
+            get_model_config(module).variable_seq_lengths = pp and self.variable_widths
+        return self.variable_widths or not pp
 
     def get_loss_and_metrics(self, batch, forward_only):
         num_microbatches = get_num_microbatches()

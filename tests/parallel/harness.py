@@ -54,7 +54,7 @@ def fixed_width_check(model, batch):
     model.loss_name = "regression"
     runs = {}
     for variable in (True, False):
-        model.variable_seq_lengths = variable
+        model.variable_widths = variable
         model.prepare_for_validation_step()
         model.start_validation_collection()
         val_loss, _ = model.get_loss_and_metrics(batch, forward_only=True)
@@ -72,7 +72,7 @@ def fixed_width_check(model, batch):
             if g is not None:
                 grads[name] = g.detach().clone()
         runs[variable] = (val_loss, train_loss, None if arrays is None else arrays["pred"], grads)
-    model.variable_seq_lengths = True
+    model.variable_widths = True
     (v_val, v_train, v_pred, v_grads), (f_val, f_train, f_pred, f_grads) = runs[True], runs[False]
     assert v_grads.keys() == f_grads.keys() and v_grads
     diffs = {"val_loss": abs(v_val - f_val), "train_loss": abs(v_train - f_train),
