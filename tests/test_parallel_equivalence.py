@@ -101,3 +101,10 @@ def test_layout_matches_single_process(reference, layout):
     assert "inference/pred" in seen
     bad = {k: v for k, v in seen.items() if not v <= TOL}
     assert not bad, f"{layout} differs from TP=PP=DP=1 beyond {TOL}: {bad}"
+    if "pp" in layout:  # per-micro-batch widths under PP (shapes exchanged) vs every micro-batch at the batch width
+        for rank_result in results:
+            fixed = rank_result["fixed_width"]
+            assert len(set(fixed["widths"])) > 1 and max(fixed["widths"]) == fixed["batch_width"]
+            print(f"{layout} variable vs fixed widths {fixed['widths']} / {fixed['batch_width']}: {fixed['diffs']}")
+            assert fixed["grad_tensors"] > 0 and max(fixed["diffs"].values()) <= TOL, fixed
+        assert any("pred" in r["fixed_width"]["diffs"] for r in results)  # the last stage compared predictions

@@ -1,5 +1,7 @@
 """Training batch samplers (nemo_hs2/data/sampler.py): Megatron's conventions, resume, length grouping."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from omegaconf import OmegaConf
 from nemo_hs2.data.dataset import Collator, RewardDataset, pad_length
 from nemo_hs2.data.sampler import LengthGroupedBatchSampler, MegatronPretrainingRandomBatchSampler, build_train_sampler
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, MBS, GBS, DP = 203, 2, 8, 2  # 25 steps an epoch; 3 rows left out of each epoch
 STEPS = TOTAL // GBS
 LENGTHS = np.random.default_rng(0).integers(5, 2000, size=TOTAL)
@@ -121,3 +124,23 @@ def test_rejects_what_it_cannot_do():
         LengthGroupedBatchSampler(TOTAL, 0, MBS, GBS, 0, DP, drop_last=True, lengths=LENGTHS[:-1])
     with pytest.raises(ValueError, match="whole number of global batches"):
         list(sampler("grouped", 0, consumed=GBS // 2))
+
+
+def test_grouped_order_is_random_within_and_across_epochs():
+    """Grouping sorts rows only inside a mega-chunk: the steps of an epoch show no length trend, and each epoch
+    brings new batches (not the same groups reshuffled), so training does not see a curriculum or a fixed cycle."""
+    # One mega-chunk per epoch: without the batch shuffle its batches would run longest-first.
+    steps = run(LengthGroupedBatchSampler(TOTAL, 0, MBS, GBS, 0, 1, drop_last=True, seed=1234, lengths=LENGTHS,
+                                          group_size=STEPS), 2 * STEPS)
+    means = np.array([LENGTHS[b].mean() for b in steps[:STEPS]])
+    rho = np.corrcoef(np.argsort(np.argsort(means)), np.arange(STEPS))[0, 1]  # Spearman: step index vs length
+    print(f"Spearman(step, batch length) = {rho:.3f}")
+    assert abs(rho) < 0.4
+    first, second = ({frozenset(b) for b in steps[:STEPS]}, {frozenset(b) for b in steps[STEPS:]})
+    assert len(first & second) <= STEPS // 10
+    assert LENGTHS[steps[0]].mean() != LENGTHS[steps[STEPS]].mean()
+
+
+def test_training_configs_group_by_length_by_default():
+    for name in ("demo", "helpsteer2"):
+        assert OmegaConf.load(f"{ROOT}/conf/data/{name}.yaml").length_grouped is True

@@ -17,6 +17,9 @@ from nemo.collections.nlp.data.language_modeling.megatron.megatron_batch_sampler
 )
 
 DEFAULT_GROUP_SIZE = 64  # global batches per length-sorted mega-chunk
+# Lengths within 5% of each other sort as equal, so such rows keep their random order: an epoch's batches are
+# new groupings, not the previous epoch's reshuffled (which an exact sort gives when an epoch is one mega-chunk).
+LENGTH_TOLERANCE = 0.05
 
 
 class LengthGroupedBatchSampler(MegatronPretrainingRandomBatchSampler):
@@ -51,6 +54,7 @@ class LengthGroupedBatchSampler(MegatronPretrainingRandomBatchSampler):
         if total_samples < global_batch_size:
             raise ValueError(f"{total_samples} samples do not fill one global batch of {global_batch_size}")
         self.lengths = lengths
+        self._sort_keys = np.floor(np.log(np.maximum(lengths, 1)) / np.log1p(LENGTH_TOLERANCE)).astype(np.int64)
         self.group_size = int(group_size)
         self._cached_epoch: tuple[int, np.ndarray] | None = None
 
@@ -67,8 +71,8 @@ class LengthGroupedBatchSampler(MegatronPretrainingRandomBatchSampler):
         batches = []
         for start in range(0, active, chunk):
             rows = perm[start:start + chunk]
-            # Stable sort on the negated length: ties keep their random order, and the longest rows come first.
-            rows = rows[np.argsort(-self.lengths[rows], kind="stable")]
+            # Stable sort on the negated length bucket: ties keep their random order, the longest rows come first.
+            rows = rows[np.argsort(-self._sort_keys[rows], kind="stable")]
             batches.append(rows.reshape(-1, gbs))
         batches = np.concatenate(batches)
         batches = batches[torch.randperm(len(batches), generator=g).numpy()]

@@ -9,7 +9,8 @@ step itself, so that is what we replace:
 * the loss key: 0.7.0 reads ``cfg.loss_func`` while its config sets ``regression.loss_func`` (BT unreachable);
 * the loss is a mean per micro-batch averaged over micro-batches; ours is the mean over every valid
   (row, attribute) entry of the global batch, identical for any micro-batch / data-parallel split;
-* every micro-batch is padded to ``encoder_seq_length``; ours are cut to their longest row;
+* every micro-batch is padded to ``encoder_seq_length``; ours are cut to their longest row, also under pipeline
+  parallelism (megatron-core's ``variable_seq_lengths``: each p2p send is preceded by its shape);
 * validation returns per-batch means only (and breaks with ``validation_drop_last=False``); ours returns the
   predictions, so metrics are computed once over the whole validation set.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from megatron.core.num_microbatches_calculator import get_num_microbatches
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
+from megatron.core.utils import get_model_config
 from nemo.collections.nlp.parts.utils_funcs import get_last_rank
 from nemo_aligner.models.nlp.gpt.megatron_gpt_regression_reward_model import MegatronGPTRegressionRewardModel
 from nemo_aligner.utils import parallel_state
@@ -76,6 +78,9 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         self.set_attributes(reg.attributes)
         self.loss_name = reg.loss_func
         self.pad_to_multiple = int(self.cfg.get("pad_to_multiple", 8))
+        # false: under PP every micro-batch of a step takes the batch's width (no shape exchange before each send).
+        # Not named variable_seq_lengths: NeMo copies model-config keys with megatron's field names into its configs.
+        self.variable_widths = bool(self.cfg.get("variable_micro_batch_widths", True))
         self.reward_weights = dict(reg.reward_weights)
         self.bt_loss_weight = float(reg.get("bt_loss_weight", 1.0))
         self.bt_ties = str(reg.get("bt_ties", "drop"))
@@ -110,12 +115,13 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         out = []
         for start in range(0, rows, size):
             mb = {k: v[start : start + size] for k, v in batch.items() if k in _STEP_KEYS}
-            if trim:  # without PP every micro-batch may have its own width
-                width = min(pad_length(int(mb["lengths"].max()), self.pad_to_multiple), mb["inputs"].shape[1])
-                mb["inputs"] = mb["inputs"][:, :width]
-                mb["position_ids"] = mb["position_ids"][:, :width]
-            out.append(mb)
+            out.append(self._trim(mb) if trim else mb)
         return out, size
+
+    def _trim(self, mb):
+        """Cut a micro-batch to its longest row (rounded up to ``pad_to_multiple``)."""
+        width = min(pad_length(int(mb["lengths"].max()), self.pad_to_multiple), mb["inputs"].shape[1])
+        return {**mb, "inputs": mb["inputs"][:, :width], "position_ids": mb["position_ids"][:, :width]}
 
     def _normalizers(self, batch):
         """Valid label entries and preference pairs in the global batch (all DP ranks): the losses' denominators."""
@@ -192,10 +198,17 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
 
         return fwd_output_and_loss_func
 
+    def _widths_may_vary(self) -> bool:
+        """Set megatron's ``variable_seq_lengths`` for this step (PP only: p2p sends shapes first) and return whether
+        micro-batches may have their own widths."""
+        pp = parallel_state.get_pipeline_model_parallel_world_size() > 1
+        for module in self.model if isinstance(self.model, list) else [self.model]:
+            get_model_config(module).variable_seq_lengths = pp and self.variable_widths
+        return self.variable_widths or not pp
+
     def get_loss_and_metrics(self, batch, forward_only):
         num_microbatches = get_num_microbatches()
-        pp = parallel_state.get_pipeline_model_parallel_world_size()
-        micro_batches, mbs = self._micro_batches(batch, num_microbatches, trim=pp == 1)
+        micro_batches, mbs = self._micro_batches(batch, num_microbatches, trim=self._widths_may_vary())
         counts = self._normalizers(batch)
         set_sync_funcs(self, forward_only)
         reduced = get_forward_backward_func()(
@@ -204,7 +217,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
             model=self.model,
             num_microbatches=num_microbatches,
             forward_only=forward_only,
-            seq_length=batch["inputs"].shape[1],  # only used for PP p2p shapes, where we do not trim
+            seq_length=batch["inputs"].shape[1],  # PP p2p shapes when widths are fixed; ignored otherwise
             micro_batch_size=mbs,
         )
         names = ["loss", *(k for k in ("regression_loss", "bt_loss") if reduced and k in reduced[0])]
@@ -239,6 +252,8 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         fields = {k: torch.cat([batch[k], batch[k][-1:].expand(fill, *batch[k].shape[1:])]) if fill else batch[k]
                   for k in ("inputs", "lengths", "position_ids")}
         micro_batches = [{k: v[i * mbs:(i + 1) * mbs] for k, v in fields.items()} for i in range(count)]
+        if self._widths_may_vary():
+            micro_batches = [self._trim(mb) for mb in micro_batches]
 
         def forward_step(data_iter, model):
             mb = {k: v.cuda(non_blocking=True) for k, v in next(data_iter).items()}

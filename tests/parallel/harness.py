@@ -2,7 +2,9 @@
 
 ``--save REF`` (TP=PP=DP=1): build the tiny model, run one fixed global batch forward and backward, save the full
 weights, per-row predictions, loss and gradients. ``--compare REF``: build the model at the requested layout,
-load the reference weights resharded for this rank, run the same batch and write the max differences.
+load the reference weights resharded for this rank, run the same batch and write the max differences. Under PP the
+batch also runs with every micro-batch at the batch's width (``variable_seq_lengths`` off), and the differences
+from per-micro-batch widths are written too.
 Everything is taken from the real stack (Hydra config, NeMo trainer, our model, collate and loss), nothing mocked.
 """
 
@@ -37,6 +39,49 @@ def batch_rows(num_rows: int, attributes):
     for a, b in zip(rows[0::2], rows[1::2]):
         b["preference"] = a["preference"]
     return rows
+
+
+def fixed_width_check(model, batch):
+    """Per-micro-batch widths vs every micro-batch at the batch's width, under PP: predictions, loss, all gradients.
+
+    Returns the max differences and the widths the micro-batches were cut to (or ``None`` without PP)."""
+    import torch
+    from megatron.core import parallel_state as ps
+    from megatron.core.num_microbatches_calculator import get_num_microbatches
+
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        return None
+    model.loss_name = "regression"
+    runs = {}
+    for variable in (True, False):
+        model.variable_widths = variable
+        model.prepare_for_validation_step()
+        model.start_validation_collection()
+        val_loss, _ = model.get_loss_and_metrics(batch, forward_only=True)
+        arrays = model.finish_validation_collection()
+        model.finish_validation_step()
+        model.prepare_for_training_step()
+        for prm in model.parameters():
+            prm.grad = None
+        train_loss, _ = model.get_loss_and_metrics(batch, forward_only=False)
+        model.finish_training_step()
+        grads = {}
+        for name, prm in model.model.named_parameters():
+            g = getattr(prm, "main_grad", None)
+            g = prm.grad if g is None else g
+            if g is not None:
+                grads[name] = g.detach().clone()
+        runs[variable] = (val_loss, train_loss, None if arrays is None else arrays["pred"], grads)
+    model.variable_widths = True
+    (v_val, v_train, v_pred, v_grads), (f_val, f_train, f_pred, f_grads) = runs[True], runs[False]
+    assert v_grads.keys() == f_grads.keys() and v_grads
+    diffs = {"val_loss": abs(v_val - f_val), "train_loss": abs(v_train - f_train),
+             "grads": max(float((v_grads[k] - f_grads[k]).abs().max()) for k in v_grads)}
+    if v_pred is not None:
+        diffs["pred"] = float(np.abs(v_pred - f_pred).max())
+    micro_batches, _ = model._micro_batches(batch, get_num_microbatches(), trim=True)
+    return {"diffs": diffs, "widths": [mb["inputs"].shape[1] for mb in micro_batches],
+            "batch_width": batch["inputs"].shape[1], "grad_tensors": len(v_grads)}
 
 
 def main():
@@ -175,7 +220,9 @@ def main():
                    "pred_gap": float(np.abs(got["dynamic"][1] - got["full"][1]).max()),
                    "widths": [got["dynamic"][2], got["full"][2]]}
 
+    fixed_width = fixed_width_check(model, batch)
     result = {"layout": {"tp": tp, "pp": pp, "dp": dp}, "padding": padding, "absolute": absolute,
+              "fixed_width": fixed_width,
               "inference": {"batch_size_gap": float(np.abs(scored[2] - scored[9]).max()), "reward_gap": reward_gap,
                             "training_path_gap": training_path_gap}}
     if args.save:
