@@ -340,6 +340,12 @@ def check_rules(cfg: DictConfig, *, strict: bool = False) -> Checks:
     if loss != "regression" and not preference:
         err(f"model.regression.loss_func={loss} needs preference pairs (data=helpsteer2_preference)")
     seqs_per_sample = 2 if preference else 1
+    rm = _get(t, "rm")
+    save_every, val_every = (_get(rm, "save_interval"), _get(rm, "val_check_interval")) if rm is not None else (0, 0)
+    if isinstance(save_every, int) and isinstance(val_every, int) and val_every > 0 and save_every % val_every:
+        # NeMo-Aligner asserts this only once training starts (after the model load, on every rank).
+        err(f"trainer.rm.save_interval ({save_every}) must be a multiple of trainer.rm.val_check_interval "
+            f"({val_every}): checkpoints are saved with a validation")
 
     # ---- fused kernels, optimizer, recomputation ---------------------------------------------------------------
     activation = str(_get(m, "activation", "gelu"))

@@ -35,6 +35,7 @@ def test_tp_pp_dp_layout():
     (["trainer.devices=2", "model.tensor_model_parallel_size=2", "model.ffn_hidden_size=255"], "ffn_hidden_size (255)"),
     (["model.make_vocab_size_divisible_by=0"], "make_vocab_size_divisible_by (0)"),
     (["model.virtual_pipeline_model_parallel_size=2"], "virtual_pipeline_model_parallel_size (2) needs"),
+    (["trainer.rm.save_interval=4", "trainer.rm.val_check_interval=12"], "save_interval (4) must be a multiple"),
 ])
 def test_bad_layouts_name_the_rule(overrides, rule):
     with pytest.raises(ConfigError) as err:
