@@ -292,3 +292,22 @@ def test_dead_rank_in_a_pipeline_ends_the_job_for_requeue(tmp_path):
     code, log, survivor_s = kill_one_rank_mid_step(tmp_path / "pp2", PP2, step=2)
     print(f"PP=2: surviving rank exited {survivor_s:.2f} s after rank 1 died")
     assert code == EXIT_PREEMPTED and "rank 0: lost another rank" in log and survivor_s < 60, log[-5000:]
+
+
+@pytest.mark.slow
+def test_nonfinite_gradients_with_megatron_distributed_optimizer(tmp_path):
+    """DP=2, megatron-core's distributed optimizer: NaN gradients under a finite loss stop the run before the step.
+
+    That optimizer fills its fp32 shards' .grad only inside step(); a guard reading the optimizer's parameters sees
+    no gradient, applies the NaN update and only notices the loss one step later.
+    """
+    log_dir = tmp_path / "dist_optim"
+    procs = start_ranks(log_dir, "trainer.devices=2", "trainer.rm.val_check_interval=0", "trainer.rm.max_steps=4",
+                        "model.optim.name=mcore_distributed_optim", "+model.dist_ckpt_parallel_dist_opt=False",
+                        "+trainer.gradient_clip_val=1.0", script=FAULT, prefix=["nan_grad", "3"])
+    codes, logs = finish_ranks(procs)
+    assert "use_distributed_optimizer=True" in logs[0]
+    for code, log in zip(codes, logs):
+        assert code not in (0, EXIT_PREEMPTED) and "step 3: non-finite gradients" in log, log[-5000:]
+    names = checkpoints(log_dir)
+    assert names and all("step=2-" in n for n in names), names
