@@ -294,6 +294,34 @@ def test_dead_rank_in_a_pipeline_ends_the_job_for_requeue(tmp_path):
     assert code == EXIT_PREEMPTED and "rank 0: lost another rank" in log and survivor_s < 60, log[-5000:]
 
 
+def process_state(pid):
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+@pytest.mark.slow
+def test_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path):
+    """Rank 1 stops (SIGSTOP) mid-step, its sockets stay open: rank 0 waits collective_timeout_s, then exits 75."""
+    timeout_s = 30
+    layout = [o for o in PP2 if not o.startswith("collective_timeout_s=")] + [f"collective_timeout_s={timeout_s}"]
+    procs = start_ranks(tmp_path / "hung", *layout, script=FAULT, prefix=["stop_rank:1", "2"])
+    (rank0, _), (rank1, _) = procs
+    deadline = time.time() + 600
+    while process_state(rank1.pid) != "T":
+        assert rank0.poll() is None and rank1.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    stopped = time.time()
+    try:
+        rank0.wait(timeout=timeout_s + 120)
+    finally:
+        waited = time.time() - stopped
+        rank1.kill()
+    codes, logs = finish_ranks(procs, timeout=30)
+    print(f"hung rank: the other exited {waited:.1f} s after it stopped (collective_timeout_s={timeout_s})")
+    assert codes[0] == EXIT_PREEMPTED and "rank 0: lost another rank" in logs[0], logs[0][-5000:]
+    assert timeout_s - 1 < waited < timeout_s + 60
+
+
 @pytest.mark.slow
 def test_nonfinite_gradients_with_megatron_distributed_optimizer(tmp_path):
     """DP=2, megatron-core's distributed optimizer: NaN gradients under a finite loss stop the run before the step.
@@ -311,3 +339,17 @@ def test_nonfinite_gradients_with_megatron_distributed_optimizer(tmp_path):
         assert code not in (0, EXIT_PREEMPTED) and "step 3: non-finite gradients" in log, log[-5000:]
     names = checkpoints(log_dir)
     assert names and all("step=2-" in n for n in names), names
+
+
+def test_only_a_lost_peer_counts_as_one():
+    from nemo_hs2.faults import NonFiniteStepError, lost_peer
+
+    # as gloo raised them here (rank 1 SIGKILLed; rank 1 stopped, 8 s timeout)
+    assert lost_peer(RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+                                  "[127.0.0.1]:57577: Connection reset by peer. This is typically caused by a remote "
+                                  "worker hanging or bugs in the application."))
+    assert lost_peer(RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] "
+                                  "Timed out waiting 8000ms for recv operation to complete"))
+    assert not lost_peer(RuntimeError("DataLoader timed out after 60 seconds"))
+    assert not lost_peer(NonFiniteStepError("step 3: non-finite gradients"))
+    assert not lost_peer(ValueError("gloo timeout"))
