@@ -232,12 +232,14 @@ class RngStateCheckpoint(pl.Callback):
         from megatron.core.dist_checkpointing.mapping import ShardedObject
         from nemo.utils import logging
         from nemo.utils.model_utils import ckpt_to_dir
+        from torch.distributed.checkpoint.api import CheckpointException
 
         path = ckpt_to_dir(trainer.ckpt_path)
         request = {self.KEY: ShardedObject(self.KEY, None, *_rng_layout(), replica_id=0)}
         try:
             state = dist_checkpointing.load(request, str(path))[self.KEY]
-        except Exception as exc:  # every rank sees the same checkpoint, so every rank takes this branch
+        # torch's CheckpointException (missing key) is a BaseException; every rank sees the same checkpoint
+        except (Exception, CheckpointException) as exc:
             logging.warning(f"{path} has no RNG state for this layout ({type(exc).__name__}); resuming with fresh "
                             "random streams: dropout masks will differ from an uninterrupted run")
             return
