@@ -141,9 +141,10 @@ def set_collective_timeout(trainer, seconds: float) -> None:
     trainer.strategy._timeout = datetime.timedelta(seconds=float(seconds))
 
 
-# What gloo / NCCL / the c10d store say when a peer process is gone or stopped answering.
+# What gloo / NCCL say when a peer process is gone or stopped answering (a backend's error, not any timeout).
+_BACKEND = re.compile(r"gloo|nccl|c10d|processgroup", re.IGNORECASE)
 _LOST_PEER = re.compile(r"connection (reset|closed|refused)|broken pipe|timed out|timeout|watchdog|"
-                        r"communicator was aborted|remote process exited|socket", re.IGNORECASE)
+                        r"communicator was aborted|remote process exited", re.IGNORECASE)
 
 
 def lost_peer(exc: BaseException) -> bool:
@@ -151,7 +152,8 @@ def lost_peer(exc: BaseException) -> bool:
                         if hasattr(torch.distributed, n))
     if isinstance(exc, dist_errors):
         return True
-    return isinstance(exc, RuntimeError) and bool(_LOST_PEER.search(str(exc)))
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and bool(_BACKEND.search(text)) and bool(_LOST_PEER.search(text))
 
 
 @contextlib.contextmanager
@@ -163,7 +165,7 @@ def requeue_if_a_rank_is_lost(timeout_s: float):
     try:
         yield
     except Exception as exc:
-        if not (torch.distributed.is_initialized() and lost_peer(exc)):
+        if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1 and lost_peer(exc)):
             raise
         rank = torch.distributed.get_rank()
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -230,12 +232,14 @@ class RngStateCheckpoint(pl.Callback):
         from megatron.core.dist_checkpointing.mapping import ShardedObject
         from nemo.utils import logging
         from nemo.utils.model_utils import ckpt_to_dir
+        from torch.distributed.checkpoint.api import CheckpointException
 
         path = ckpt_to_dir(trainer.ckpt_path)
         request = {self.KEY: ShardedObject(self.KEY, None, *_rng_layout(), replica_id=0)}
         try:
             state = dist_checkpointing.load(request, str(path))[self.KEY]
-        except Exception as exc:  # every rank sees the same checkpoint, so every rank takes this branch
+        # torch's CheckpointException (missing key) is a BaseException; every rank sees the same checkpoint
+        except (Exception, CheckpointException) as exc:
             logging.warning(f"{path} has no RNG state for this layout ({type(exc).__name__}); resuming with fresh "
                             "random streams: dropout masks will differ from an uninterrupted run")
             return

@@ -4,6 +4,7 @@ Every test runs the real training entry in a subprocess (CPU, fp32, the tiny dem
 checks that no process of that session outlives it.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -294,3 +295,99 @@ def test_dead_rank_in_a_pipeline_ends_the_job_for_requeue(tmp_path):
     code, log, survivor_s = kill_one_rank_mid_step(tmp_path / "pp2", PP2, step=2)
     print(f"PP=2: surviving rank exited {survivor_s:.2f} s after rank 1 died")
     assert code == EXIT_PREEMPTED and "rank 0: lost another rank" in log and survivor_s < 60, log[-5000:]
+
+
+def process_state(pid):
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+@pytest.mark.slow
+def test_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path):
+    """Rank 1 stops (SIGSTOP) mid-step, its sockets stay open: rank 0 waits collective_timeout_s, then exits 75."""
+    timeout_s = 30
+    layout = [o for o in PP2 if not o.startswith("collective_timeout_s=")] + [f"collective_timeout_s={timeout_s}"]
+    procs = start_ranks(tmp_path / "hung", *layout, script=FAULT, prefix=["stop_rank:1", "2"])
+    (rank0, _), (rank1, _) = procs
+    deadline = time.time() + 600
+    while process_state(rank1.pid) != "T":
+        assert rank0.poll() is None and rank1.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    stopped = time.time()
+    with contextlib.suppress(subprocess.TimeoutExpired):  # then finish_ranks fails and clears the session
+        rank0.wait(timeout=timeout_s + 120)
+    waited = time.time() - stopped
+    rank1.kill()
+    codes, logs = finish_ranks(procs, timeout=30)
+    print(f"hung rank: the other exited {waited:.1f} s after it stopped (collective_timeout_s={timeout_s})")
+    assert codes[0] == EXIT_PREEMPTED and "rank 0: lost another rank" in logs[0], logs[0][-5000:]
+    assert timeout_s - 1 < waited < timeout_s + 60
+
+
+@pytest.mark.slow
+def test_nonfinite_gradients_with_megatron_distributed_optimizer(tmp_path):
+    """DP=2, megatron-core's distributed optimizer: NaN gradients under a finite loss stop the run before the step.
+
+    That optimizer fills its fp32 shards' .grad only inside step(); a guard reading the optimizer's parameters sees
+    no gradient, applies the NaN update and only notices the loss one step later.
+    """
+    log_dir = tmp_path / "dist_optim"
+    procs = start_ranks(log_dir, "trainer.devices=2", "trainer.rm.val_check_interval=0", "trainer.rm.max_steps=4",
+                        "model.optim.name=mcore_distributed_optim", "+model.dist_ckpt_parallel_dist_opt=False",
+                        "+trainer.gradient_clip_val=1.0", script=FAULT, prefix=["nan_grad", "3"])
+    codes, logs = finish_ranks(procs)
+    assert "use_distributed_optimizer=True" in logs[0]
+    for code, log in zip(codes, logs):
+        assert code not in (0, EXIT_PREEMPTED) and "step 3: non-finite gradients" in log, log[-5000:]
+    names = checkpoints(log_dir)
+    assert names and all("step=2-" in n for n in names), names
+
+
+def test_only_a_lost_peer_counts_as_one():
+    from nemo_hs2.faults import NonFiniteStepError, lost_peer
+
+    # as gloo raised them here (rank 1 SIGKILLed; rank 1 stopped, 8 s timeout)
+    assert lost_peer(RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+                                  "[127.0.0.1]:57577: Connection reset by peer. This is typically caused by a remote "
+                                  "worker hanging or bugs in the application."))
+    assert lost_peer(RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] "
+                                  "Timed out waiting 8000ms for recv operation to complete"))
+    assert not lost_peer(RuntimeError("DataLoader timed out after 60 seconds"))
+    assert not lost_peer(NonFiniteStepError("step 3: non-finite gradients"))
+    assert not lost_peer(ValueError("gloo timeout"))
+
+
+RNG_LOAD = """
+import os, sys, torch
+from nemo_hs2 import compat
+compat.apply()
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
+from nemo_hs2.faults import RngStateCheckpoint, rng_state
+torch.distributed.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:" + sys.argv[2])
+parallel_state.initialize_model_parallel()
+compat.seed_model_parallel_rng(1)
+callback, old = RngStateCheckpoint(), os.path.join(sys.argv[1], "old")
+os.makedirs(old)
+dist_checkpointing.save({"w": ShardedTensor.from_rank_offsets("w", torch.ones(2))}, old)  # no RNG state in it
+before = torch.get_rng_state()
+callback.on_load_checkpoint(type("T", (), {"ckpt_path": old})(), None, {})
+assert torch.equal(torch.get_rng_state(), before)
+new, saved = os.path.join(sys.argv[1], "new"), {"w": ShardedTensor.from_rank_offsets("w", torch.ones(2))}
+os.makedirs(new)
+callback.on_save_checkpoint(None, None, saved)
+dist_checkpointing.save(saved, new)
+expected = torch.rand(3)
+callback.on_load_checkpoint(type("T", (), {"ckpt_path": new})(), None, {})
+assert torch.equal(torch.rand(3), expected)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_rng_state_round_trip_and_a_checkpoint_without_it(tmp_path):
+    """Restoring replays the saved streams; a checkpoint from before (no RNG state) resumes with a warning."""
+    proc = subprocess.run([sys.executable, "-c", RNG_LOAD, str(tmp_path), str(free_port())], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "has no RNG state for this layout" in proc.stdout + proc.stderr

@@ -4,8 +4,8 @@
 
 FAULT is ``nan`` (the regression loss turns NaN at STEP), ``kill_during_save`` (the trainer alone is SIGKILLed
 while megatron-core's writer processes write the "-last" checkpoint of STEP, as the OOM killer or ``kill -9`` would)
-``kill_rank:R`` (rank R SIGKILLs itself in the forward pass of training step STEP) or ``nan_grad`` (the loss of
-STEP stays finite, its backward pass turns NaN).
+``kill_rank:R`` (rank R SIGKILLs itself in the forward pass of training step STEP), ``stop_rank:R`` (the same with
+SIGSTOP: a hung rank) or ``nan_grad`` (the loss of STEP stays finite, its backward pass turns NaN).
 
 With ``model.optim.name=mcore_distributed_optim`` on a machine without CUDA, CPU tensors report CUDA type names
 (test-only): megatron-core's distributed optimizer dispatches on ``param.type()`` and otherwise refuses CPU tensors.
@@ -99,14 +99,14 @@ def main():
             return real_write(local_proc_idx, write_bucket, *args, **kwargs)
 
         Writer.write_preloaded_data = staticmethod(write)
-    elif fault.startswith("kill_rank:"):
+    elif fault.startswith(("kill_rank:", "stop_rank:")):
         import torch
 
-        rank = int(fault.split(":")[1])
+        rank, how = int(fault.split(":")[1]), signal.SIGKILL if fault.startswith("kill") else signal.SIGSTOP
 
         def kill(pred):
             if torch.distributed.get_rank() == rank:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), how)
             return pred
 
         in_training_step(step, kill)
