@@ -41,7 +41,8 @@ def recipe_settings(name: str) -> list[str]:
 
 def test_every_recipe_states_its_weights():
     published = {"hs2_llama3_70b": "llama3_70b", "hs2_nemotron4_340b": "nemotron_340b",
-                 "hs2p_llama3_1_70b_helpfulness": "helpfulness_only", "hs2p_llama3_1_70b_scaled_bt": "helpfulness_only"}
+                 "hs2p_llama3_1_70b_helpfulness": "helpfulness_only", "hs2p_llama3_1_70b_scaled_bt": "helpfulness_only",
+                 "hs3_llama3_3_70b_scaled_bt": "helpfulness_only"}
     for name in RECIPES:
         settings = dict(s.split("=", 1) for s in recipe_settings(name))
         assert json.loads(settings["model.regression.reward_weights"]) == published.get(name, "nemotron_340b"), name

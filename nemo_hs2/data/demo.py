@@ -65,3 +65,11 @@ def demo_examples(num_prompts: int, seed: int, split: str) -> list[Example]:
             text, labels = _response(rng)
             rows.append(Example(prompt, text, labels, source=f"<demo:{split}>", line=len(rows) + 1, pair_id=p))
     return rows
+
+
+def demo_pairs(num_prompts: int, seed: int, split: str) -> tuple[list[Example], list[float]]:
+    """Demo preference pairs: strength = helpfulness(response_2) - helpfulness(response_1), clipped to -3..3."""
+    rows = demo_examples(num_prompts, seed, split)
+    strengths = [float(max(-3.0, min(3.0, b.labels["helpfulness"] - a.labels["helpfulness"])))
+                 for a, b in zip(rows[0::2], rows[1::2])]
+    return rows, strengths

@@ -22,23 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from nemo_hs2.data.examples import Example
-from nemo_hs2.data.sources import (
+from nemo_hs2.data.records import (
     EMPTY_TEXT,
     LABEL_OUT_OF_RANGE,
     MISSING_FIELD,
     WRONG_TYPE,
     HubUnavailableError,
-    _Bad,
-    _check_policy,
-    _file_records,
-    _hub_connection_errors,
-    _json_type,
-    _offline_mode_from_env,
-    _rows,
-    _strength,
-    _text,
-    hub_unavailable_message,
+    RowProblem,
+    file_records,
+    hub_connection_errors,
+    json_type,
+    offline_mode_from_env,
 )
+from nemo_hs2.data.sources import check_policy, convert_rows, hub_unavailable_message, preference_strength, text_field
 
 DOMAINS = ("General", "STEM", "Code", "Multilingual")
 HUB_DATASET = "nvidia/HelpSteer3"
@@ -69,22 +65,22 @@ class HS3Pair:
 def _context(value: Any) -> tuple:
     if isinstance(value, str):
         if not value.strip():
-            raise _Bad("context", EMPTY_TEXT, "empty or whitespace-only text")
+            raise RowProblem("context", EMPTY_TEXT, "empty or whitespace-only text")
         return ({"role": "user", "content": value},)
     if hasattr(value, "tolist"):  # parquet list columns come back as numpy arrays
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
-        raise _Bad("context", WRONG_TYPE, f"expected a non-empty list of {{role, content}} turns or a string, "
-                                          f"got {_json_type(value) if value != [] else 'an empty array'}")
+        raise RowProblem("context", WRONG_TYPE, f"expected a non-empty list of {{role, content}} turns or a string, "
+                                          f"got {json_type(value) if value != [] else 'an empty array'}")
     turns = []
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
-            raise _Bad("context", WRONG_TYPE, f"turn {i}: expected an object, got {_json_type(turn)}")
+            raise RowProblem("context", WRONG_TYPE, f"turn {i}: expected an object, got {json_type(turn)}")
         role, content = turn.get("role"), turn.get("content")
         if role not in _ROLES:
-            raise _Bad("context", BAD_CONTEXT, f"turn {i}: role {role!r} is not one of {_ROLES}")
+            raise RowProblem("context", BAD_CONTEXT, f"turn {i}: role {role!r} is not one of {_ROLES}")
         if not isinstance(content, str):
-            raise _Bad("context", WRONG_TYPE, f"turn {i}: content: expected a string, got {_json_type(content)}")
+            raise RowProblem("context", WRONG_TYPE, f"turn {i}: content: expected a string, got {json_type(content)}")
         turns.append({"role": role, "content": content})
     dialogue = turns[1:] if turns[0]["role"] == "system" else turns
     for i, turn in enumerate(dialogue):
@@ -93,19 +89,19 @@ def _context(value: Any) -> tuple:
             at = i + len(turns) - len(dialogue)
             where = "a system turn is allowed only first" if turn["role"] == "system" else \
                 "user and assistant turns alternate, starting with the user"
-            raise _Bad("context", BAD_CONTEXT, f"turn {at}: role '{turn['role']}' where '{expected}' was expected "
+            raise RowProblem("context", BAD_CONTEXT, f"turn {at}: role '{turn['role']}' where '{expected}' was expected "
                                                f"({where})")
     if not dialogue or dialogue[-1]["role"] != "user":
-        raise _Bad("context", BAD_CONTEXT, "the context must end with a user turn")
+        raise RowProblem("context", BAD_CONTEXT, "the context must end with a user turn")
     return tuple(turns)
 
 
 def _label(record: dict, field: str) -> str:
     value = record.get(field)
     if value is None:
-        raise _Bad(field, MISSING_FIELD, "field is missing")
+        raise RowProblem(field, MISSING_FIELD, "field is missing")
     if not isinstance(value, str):
-        raise _Bad(field, WRONG_TYPE, f"expected a string, got {_json_type(value)}")
+        raise RowProblem(field, WRONG_TYPE, f"expected a string, got {json_type(value)}")
     return value
 
 
@@ -113,21 +109,21 @@ def _convert(source: str):
     def convert(record: dict, number: int) -> HS3Pair:
         domain = _label(record, "domain")
         if domain not in DOMAINS:
-            raise _Bad("domain", LABEL_OUT_OF_RANGE, f"{domain!r} is not one of {DOMAINS}")
+            raise RowProblem("domain", LABEL_OUT_OF_RANGE, f"{domain!r} is not one of {DOMAINS}")
         language = _label(record, "language")
         if "context" not in record or record["context"] is None:
-            raise _Bad("context", MISSING_FIELD, "field is missing")
+            raise RowProblem("context", MISSING_FIELD, "field is missing")
         messages = _context(record["context"])
-        response_1, response_2 = _text(record, "response1"), _text(record, "response2")
+        response_1, response_2 = text_field(record, "response1"), text_field(record, "response2")
         if record.get("overall_preference") is None:
-            raise _Bad("overall_preference", MISSING_FIELD, "field is missing")
+            raise RowProblem("overall_preference", MISSING_FIELD, "field is missing")
         try:
-            strength = _strength(record["overall_preference"])
-        except _Bad as bad:  # sources' check names HelpSteer2's field
-            raise _Bad("overall_preference", bad.reason, bad.detail.replace("strength", "preference")) from None
+            strength = preference_strength(record["overall_preference"])
+        except RowProblem as bad:  # sources' check names HelpSteer2's field
+            raise RowProblem("overall_preference", bad.reason, bad.detail.replace("strength", "preference")) from None
         individual = record.get("individual_preference")
         if individual is not None and not isinstance(individual, (list, tuple)) and not hasattr(individual, "tolist"):
-            raise _Bad("individual_preference", WRONG_TYPE, f"expected an array, got {_json_type(individual)}")
+            raise RowProblem("individual_preference", WRONG_TYPE, f"expected an array, got {json_type(individual)}")
         return HS3Pair(messages, response_1, response_2, strength, domain, language, source, number)
 
     return convert
@@ -173,12 +169,12 @@ def read_helpsteer3(path: str | os.PathLike, domains=None, languages=None, on_ba
     """Pairs of a HelpSteer3-Preference ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file (``train.jsonl.gz`` /
     ``validation.jsonl.gz``). Every row is checked before the filters apply; a bad row raises ``BadRowError``
     (``file:line: field: reason``) or, with ``on_bad_row="skip"``, is counted in ``result.skipped``."""
-    _check_policy(on_bad_row)
+    check_policy(on_bad_row)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"HelpSteer3 file {path}: no such file")
     skipped = Counter()
-    pairs = list(_rows(_file_records(path), str(path), on_bad_row, skipped, _convert(str(path))))
+    pairs = list(convert_rows(file_records(path), str(path), on_bad_row, skipped, _convert(str(path))))
     out = filter_pairs(pairs, domains, languages)
     out.skipped = skipped
     return out
@@ -186,17 +182,17 @@ def read_helpsteer3(path: str | os.PathLike, domains=None, languages=None, on_ba
 
 def read_helpsteer3_hub(split: str, domains=None, languages=None, on_bad_row: str = "error",
                         dataset: str = HUB_DATASET) -> HS3Pairs:
-    _check_policy(on_bad_row)
+    check_policy(on_bad_row)
     import datasets
 
     try:
-        with _offline_mode_from_env():
+        with offline_mode_from_env():
             table = datasets.load_dataset(dataset, HUB_CONFIG, split=split)
-    except _hub_connection_errors() as e:
+    except hub_connection_errors() as e:
         raise HubUnavailableError(hub_unavailable_message(f"{dataset} ({HUB_CONFIG})", split, e)) from e
     source = f"hf://{dataset}/{HUB_CONFIG}/{split}"
     skipped = Counter()
-    pairs = list(_rows(enumerate(table, start=1), source, on_bad_row, skipped, _convert(source)))
+    pairs = list(convert_rows(enumerate(table, start=1), source, on_bad_row, skipped, _convert(source)))
     out = filter_pairs(pairs, domains, languages)
     out.skipped = skipped
     return out
@@ -262,10 +258,10 @@ class ConversationFormat:
 # ------------------------------------------------------------------------------------------------------ demo
 def demo_helpsteer3_rows(num_prompts: int, seed: int, split: str) -> list[dict]:
     """HelpSteer3-format rows from the demo generator (NOT HelpSteer3): the demo pairs
-    (``nemo_hs2.data.preference.demo_pairs``, strength = helpfulness(response2) - helpfulness(response1), the same
+    (``nemo_hs2.data.demo.demo_pairs``, strength = helpfulness(response2) - helpfulness(response1), the same
     sign convention) with contexts of one to three turns, every other one led by a system turn, and domains and
     languages in rotation, so that the conversation and filter paths carry real training signal."""
-    from nemo_hs2.data.preference import demo_pairs
+    from nemo_hs2.data.demo import demo_pairs
 
     rows, strengths = demo_pairs(num_prompts, seed, split)
     out = []

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from nemo_hs2.data.dataset import Collator, tokenize_examples
-from nemo_hs2.data.demo import demo_examples
+from nemo_hs2.data.demo import demo_pairs
 from nemo_hs2.data.examples import Example
 
 
@@ -49,14 +49,6 @@ class PairCollator(Collator):
         batch = super().__call__(rows)
         batch["preference"] = torch.tensor([p["preference"] for p in pairs for _ in range(2)], dtype=torch.float32)
         return batch
-
-
-def demo_pairs(num_prompts: int, seed: int, split: str) -> tuple[list[Example], list[float]]:
-    """Demo preference pairs: strength = helpfulness(response_2) - helpfulness(response_1), clipped to -3..3."""
-    rows = demo_examples(num_prompts, seed, split)
-    strengths = [float(max(-3.0, min(3.0, b.labels["helpfulness"] - a.labels["helpfulness"])))
-                 for a, b in zip(rows[0::2], rows[1::2])]
-    return rows, strengths
 
 
 def file_pairs(data_cfg, split: str) -> tuple[list[Example], list[float]]:

@@ -67,7 +67,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _text(record: dict, field: str) -> str:
+def text_field(record: dict, field: str) -> str:
     if field not in record:
         raise _Bad(field, MISSING_FIELD, "field is missing")
     value = record[field]
@@ -103,7 +103,7 @@ def _labels(record: dict, attributes: Sequence[str], low: float, high: float) ->
     return labels
 
 
-def _check_policy(on_bad_row: str) -> None:
+def check_policy(on_bad_row: str) -> None:
     if on_bad_row not in BAD_ROW_POLICIES:
         raise ValueError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
 
@@ -115,7 +115,7 @@ def _check_score_range(score_range: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
-def _rows(records: Iterable[tuple[int, Any]], source: str, on_bad_row: str, skipped: Counter, convert):
+def convert_rows(records: Iterable[tuple[int, Any]], source: str, on_bad_row: str, skipped: Counter, convert):
     """Apply ``convert`` to each record; bad ones raise at once ("error") or are counted by reason ("skip")."""
     for number, record in records:
         try:
@@ -155,19 +155,19 @@ def assign_pairs(examples: Iterable[Example]) -> list[Example]:
 
 def _examples_from_records(records, source: str, attributes, score_range, on_bad_row: str,
                            prompt_field: str, response_field: str) -> tuple[list[Example], Counter]:
-    _check_policy(on_bad_row)
+    check_policy(on_bad_row)
     attributes = check_attributes(attributes)
     low, high = _check_score_range(score_range)
 
     def convert(record: dict, number: int) -> Example:
-        prompt = _text(record, prompt_field)
-        response = _text(record, response_field)
+        prompt = text_field(record, prompt_field)
+        response = text_field(record, response_field)
         return Example(prompt=prompt, response=response, labels=_labels(record, attributes, low, high),
                        source=source, line=number)
 
     skipped = Counter()
     # Bad rows are dropped before pairing, so a pair whose partner was skipped is not mismatched with a neighbour.
-    examples = assign_pairs(_rows(records, source, on_bad_row, skipped, convert))
+    examples = assign_pairs(convert_rows(records, source, on_bad_row, skipped, convert))
     return examples, skipped
 
 
@@ -207,7 +207,7 @@ def read_hub(dataset: str = "nvidia/HelpSteer2", split: str = "train", data_dir:
 
     Raises HubUnavailableError when the hub cannot be reached and the dataset is not cached.
     """
-    _check_policy(on_bad_row)
+    check_policy(on_bad_row)
     import datasets
 
     try:
@@ -227,7 +227,7 @@ def read_hub(dataset: str = "nvidia/HelpSteer2", split: str = "train", data_dir:
 # HelpSteer2-Preference
 
 
-def _strength(value: Any) -> int:
+def preference_strength(value: Any) -> int:
     field = "preference_strength"
     if not _is_number(value):
         raise _Bad(field, WRONG_TYPE, f"expected an integer, got {_json_type(value)}")
@@ -250,21 +250,21 @@ def read_preference(path: str | os.PathLike, split: str | None = None,
     Rows of every split are checked, because a malformed line has no readable split; the skipped-row Counter
     is ``result.skipped``.
     """
-    _check_policy(on_bad_row)
+    check_policy(on_bad_row)
     source = str(path)
 
     def convert(record: dict, number: int) -> PreferencePair:
-        prompt = _text(record, "prompt")
-        response_1 = _text(record, "response_1")
-        response_2 = _text(record, "response_2")
+        prompt = text_field(record, "prompt")
+        response_1 = text_field(record, "response_1")
+        response_2 = text_field(record, "response_2")
         if record.get("preference_strength") is None:
             raise _Bad("preference_strength", MISSING_FIELD, "field is missing")
-        strength = _strength(record["preference_strength"])
+        strength = preference_strength(record["preference_strength"])
         row_split = record.get("split")
         if row_split is not None and not isinstance(row_split, str):
             raise _Bad("split", WRONG_TYPE, f"expected a string, got {_json_type(row_split)}")
         return PreferencePair(prompt, response_1, response_2, strength, row_split, source, number)
 
     skipped = Counter()
-    rows = _rows(_file_records(Path(path)), source, on_bad_row, skipped, convert)
+    rows = convert_rows(_file_records(Path(path)), source, on_bad_row, skipped, convert)
     return PreferenceRows((r for r in rows if split is None or r.split == split), skipped)

@@ -59,7 +59,7 @@ class Row:
 
 # ------------------------------------------------------------------------------------------------------ reading
 def _texts(record: dict, field: str, source: str, line: int, allow_empty: bool) -> tuple[str, ...]:
-    from nemo_hs2.data.sources import BadRowError, _json_type
+    from nemo_hs2.data.records import BadRowError, json_type
 
     value = record.get(field)
     if value is None:
@@ -67,39 +67,39 @@ def _texts(record: dict, field: str, source: str, line: int, allow_empty: bool) 
     if hasattr(value, "tolist"):  # a parquet list column read through pandas
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
-        raise BadRowError(source, line, field, "wrong_type", f"expected a list of strings, got {_json_type(value)}")
+        raise BadRowError(source, line, field, "wrong_type", f"expected a list of strings, got {json_type(value)}")
     for i, text in enumerate(value):
         if not isinstance(text, str):
-            raise BadRowError(source, line, field, "wrong_type", f"item {i}: expected a string, got {_json_type(text)}")
+            raise BadRowError(source, line, field, "wrong_type", f"item {i}: expected a string, got {json_type(text)}")
     if not value and not allow_empty:
         raise BadRowError(source, line, field, "empty_text", "no completions")
     return tuple(value)
 
 
 def _int(record: dict, field: str, source: str, line: int) -> int | None:
-    from nemo_hs2.data.sources import BadRowError, _json_type
+    from nemo_hs2.data.records import BadRowError, json_type
 
     value = record.get(field)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise BadRowError(source, line, field, "wrong_type", f"expected an integer, got {_json_type(value)} {value!r}")
+        raise BadRowError(source, line, field, "wrong_type", f"expected an integer, got {json_type(value)} {value!r}")
     return int(value)
 
 
 def _rows(records: Iterable[tuple[int, object]], source: str) -> list[Row]:
-    from nemo_hs2.data.sources import BadRowError, _Bad, _json_type
+    from nemo_hs2.data.records import BadRowError, RowProblem, json_type
 
     rows = []
     for line, record in records:
-        if isinstance(record, _Bad):
+        if isinstance(record, RowProblem):
             raise BadRowError(source, line, record.field, record.reason, record.detail)
         for field in ("prompt", "subset"):
             if record.get(field) is None:
                 raise BadRowError(source, line, field, "missing_field", "field is missing")
             if not isinstance(record[field], str):
                 raise BadRowError(source, line, field, "wrong_type",
-                                  f"expected a string, got {_json_type(record[field])}")
+                                  f"expected a string, got {json_type(record[field])}")
         subset = record["subset"]
         if not subset.strip():
             raise BadRowError(source, line, "subset", "empty_text", "empty subset name")
@@ -115,7 +115,7 @@ def _rows(records: Iterable[tuple[int, object]], source: str) -> list[Row]:
         row_id = record.get("id")
         if isinstance(row_id, (dict, list, bool)):
             raise BadRowError(source, line, "id", "wrong_type",
-                              f"expected a string or number, got {_json_type(row_id)}")
+                              f"expected a string or number, got {json_type(row_id)}")
         row_id = str(line) if row_id is None else str(row_id)
         if is_ties(subset):
             if not _TIES_ID.match(row_id):
@@ -135,23 +135,23 @@ def _rows(records: Iterable[tuple[int, object]], source: str) -> list[Row]:
 def read_file(path: str | os.PathLike) -> list[Row]:
     """Rows of a RewardBench-2 ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file; a bad row stops with
     ``file:line: field: reason``. Other columns (``models``, ...) are ignored."""
-    from nemo_hs2.data.sources import _file_records
+    from nemo_hs2.data.records import file_records
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"RewardBench 2 file {path} does not exist")
-    return _rows(_file_records(path), str(path))
+    return _rows(file_records(path), str(path))
 
 
 def read_hub(dataset: str = HUB_DATASET, split: str = HUB_SPLIT) -> list[Row]:
     import datasets
 
-    from nemo_hs2.data.sources import HubUnavailableError, _hub_connection_errors, _offline_mode_from_env
+    from nemo_hs2.data.records import HubUnavailableError, hub_connection_errors, offline_mode_from_env
 
     try:
-        with _offline_mode_from_env():
+        with offline_mode_from_env():
             table = datasets.load_dataset(dataset, split=split)
-    except _hub_connection_errors() as e:
+    except hub_connection_errors() as e:
         raise HubUnavailableError(
             f"could not reach the Hugging Face hub to load {dataset} (split '{split}') ({type(e).__name__}: {e}). "
             f"Save the split as .jsonl or .parquet on a machine with access and pass rewardbench2.file=PATH") from e
