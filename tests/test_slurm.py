@@ -150,3 +150,7 @@ def test_batch_script_requeues_on_preemption_and_stops_when_done(fake_slurm):
     (ckpt / "run1.nemo").unlink()
     out, calls = run_batch(fake_slurm, "x=1", srun_rc=1)  # a crash is not requeued by default
     assert out.returncode == 1 and not [c for c in calls if c[:2] == ["scontrol", "requeue"]]
+
+    fake_slurm[2].joinpath("calls.log").unlink()
+    out, calls = run_batch(fake_slurm, "x=1", srun_rc=137)  # a rank SIGKILLed: srun ended the step; rerun
+    assert ["scontrol", "requeue", "4242"] in calls
