@@ -262,6 +262,60 @@ def _local_spec():
     aligner_rm.get_specs = get_specs
 
 
+class LayerNorm1P(torch.nn.LayerNorm):
+    """Zero-centred-gamma LayerNorm (NeMo's ``layernorm1p``, Nemotron-4): ``LN(x) * (1 + w) + b``.
+
+    What apex's FusedLayerNorm and TE's norm compute with ``layernorm_zero_centered_gamma``; the weight starts at 0
+    (a unit scale), and weight decay pulls the scale towards 1 rather than 0. A ``torch.nn.LayerNorm`` subclass, so
+    NeMo's optimizer grouping exempts it from weight decay like every other norm.
+    """
+
+    def __init__(self, config, hidden_size: int, eps: float = 1e-5, **unused):
+        if config.normalization != "LayerNorm":
+            raise CompatError(f"zero-centred gamma with normalization={config.normalization}: only LayerNorm has it")
+        if config.sequence_parallel or config.persist_layer_norm or config.memory_efficient_layer_norm:
+            raise CompatError("sequence_parallel / persist_layer_norm / memory_efficient_layer_norm need apex or "
+                              "Transformer Engine; set them false on this machine")
+        super().__init__(hidden_size, eps=eps)
+        torch.nn.init.zeros_(self.weight)
+
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight + 1, self.bias, self.eps)
+
+
+def layernorm1p_spec(spec, config):
+    """``spec`` (a GPT layer spec) as a block spec whose torch norms are LayerNorm1P; apex/TE norms are kept."""
+    import dataclasses
+
+    import megatron.core.transformer.transformer_block as block
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    swap = {k: LayerNorm1P for k in ("input_layernorm", "pre_mlp_layernorm")
+            if getattr(spec.submodules, k) is WrappedTorchNorm}
+    layer = dataclasses.replace(spec, submodules=dataclasses.replace(spec.submodules, **swap))
+    final = LayerNorm1P if block.LayerNormImpl is WrappedTorchNorm else block.LayerNormImpl
+    return ModuleSpec(module=block.TransformerBlock, submodules=block.TransformerBlockSubmodules(
+        layer_specs=[layer] * block.get_num_layers_to_build(config), layer_norm=final))
+
+
+@_patch("layernorm1p", "apex", "without apex or TE megatron-core's torch norm refuses zero-centred gamma (layernorm1p, "
+        "Nemotron-4); build those norms as LayerNorm1P", lambda env: not (env.apex or env.te),
+        dists=("megatron_core", "nemo_aligner"))
+def _layernorm1p():
+    import nemo_aligner.models.nlp.gpt.megatron_gpt_reward_model as aligner_rm
+
+    specs = aligner_rm.get_specs  # after local-spec, which is registered (so applied) first
+
+    def get_specs(spec_name="", transformer_config=None, *args, **kwargs):
+        spec = specs(spec_name, transformer_config, *args, **kwargs)
+        if transformer_config is not None and transformer_config.layernorm_zero_centered_gamma:
+            spec = layernorm1p_spec(spec, transformer_config)
+        return spec
+
+    aligner_rm.get_specs = get_specs
+
+
 # ---------------------------------------------------------------------------------------------------------- NeMo
 @_patch("hf-tokenizer-in-nemo", "nemo", "NeMo 2.1 saves a Hugging Face tokenizer as an absolute directory path, so a .nemo "
         "does not carry it; pack model.tokenizer.hf_files as artifacts (nemo_hs2.models.hf_tokenizer)",

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-# Llama 3.1's RoPE scaling is what NeMo 2.1 applies for ``scale_positional_embedding`` (constants fixed there).
-LLAMA31_ROPE_SCALING = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                        "original_max_position_embeddings": 8192}
+from nemo_hs2.models.rotary import check_hf_rope_scaling
+
 # Fields of the NeMo model config that define the network (and so must come from the checkpoint).
 ARCH_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
              "kv_channels", "normalization", "layernorm_epsilon", "layernorm_zero_centered_gamma", "activation",
@@ -43,17 +42,10 @@ def _require(cfg: Mapping, key: str, allowed, where: str):
 
 
 def _rope_scaling(cfg: Mapping, where: str) -> bool:
-    scaling = cfg.get("rope_scaling")
-    if not scaling:
-        return False
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind != "llama3":
-        raise UnsupportedModel(f"{where}: rope_scaling type {kind!r} is not supported (only 'llama3')")
-    for key, want in LLAMA31_ROPE_SCALING.items():
-        if float(scaling.get(key, float("nan"))) != want:
-            raise UnsupportedModel(f"{where}: rope_scaling.{key}={scaling.get(key)!r}; NeMo 2.1 applies Llama 3.1's "
-                                   f"scaling with {key}={want} only")
-    return True
+    try:
+        return check_hf_rope_scaling(cfg.get("rope_scaling"))
+    except ValueError as e:
+        raise UnsupportedModel(f"{where}: {e}") from None
 
 
 def _common(cfg: Mapping, where: str) -> dict:
