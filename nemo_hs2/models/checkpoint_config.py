@@ -75,13 +75,14 @@ def resolve(run_model: DictConfig, saved: DictConfig, path: str, explicit_keys=(
     """
     explicit_keys = set(explicit_keys)
     out = OmegaConf.create(OmegaConf.to_container(run_model, resolve=True))
+    asked = OmegaConf.to_container(out)
     merged_saved = {k: saved.get(k, _DEFAULTS.get(k)) for k in ARCH_KEYS}
     for key in ARCH_KEYS:
         if key == "tokenizer":
             continue
         explicit = key in explicit_keys or (preset_chosen and key not in _NOT_FROM_PRESET)
         if explicit and key in out:
-            want, have = _normalized(key, out[key], out), _normalized(key, merged_saved[key], saved)
+            want, have = _normalized(key, asked[key], asked), _normalized(key, merged_saved[key], saved)
             if not _same(want, have):
                 raise ValueError(f"model.{key}={out[key]!r} contradicts the checkpoint {path} "
                                  f"({key}={merged_saved[key]!r}); the architecture comes from the checkpoint: "

@@ -140,6 +140,9 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("input") and os.path.abspath(output).startswith(os.path.abspath(source_dir) + os.sep):
         raise ValueError(f"output={output} is inside the input directory, which the importer never writes")
 
+    config, source, tok, where = open_hf(cfg.get("input"), cfg.get("input_gguf"))
+    arch = hf.nemo_arch_config(config, where)
+
     from nemo_hs2 import compat
 
     compat.apply()
@@ -147,9 +150,6 @@ def run(cfg: DictConfig) -> dict:
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
 
     from nemo_hs2.models.reward_model import AttributeRewardModel
-
-    config, source, tok, where = open_hf(cfg.get("input"), cfg.get("input_gguf"))
-    arch = hf.nemo_arch_config(config, where)
     loaded = time.time()
     with tempfile.TemporaryDirectory(prefix="nemo_hs2_import_") as staging:
         files = hf_tokenizer.stage(tok, os.path.join(staging, "tokenizer"))

@@ -26,6 +26,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     p.add_argument("--model", action="append", default=[], help="NAME=NEMO:HF_DIR")
+    p.add_argument("--import-first", action="store_true", help="import each HF_DIR to NEMO here first (TP=PP=1)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
@@ -49,10 +50,16 @@ def main():
     for spec in args.model:
         name, rest = spec.split("=", 1)
         nemo, hf_dir = rest.split(":", 1)
+        if args.import_first:
+            from nemo_hs2.models.hf_import import run as import_hf
+
+            with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+                icfg = compose(config_name="import_hf", overrides=[f"input={hf_dir}", f"output={nemo}"])
+            imported = import_hf(icfg)
         with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
             cfg = compose(config_name="train_reward_model",
-                          overrides=[*args.overrides, f"init.restore_from_path={nemo}", "model.micro_batch_size=2",
-                                     "model.global_batch_size=2", "model.encoder_seq_length=64"])
+                          overrides=[*args.overrides, f"init.restore_from_path={nemo}", "model.micro_batch_size=1",
+                                     "model.global_batch_size=1", "model.encoder_seq_length=64"])
         with open_dict(cfg):
             cfg.exp_manager = None
         trainer = resolve_and_create_trainer(cfg, "rm")
@@ -62,10 +69,10 @@ def main():
         module = model.model
         hf = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
         ids = rows(hf.config.vocab_size)
-        captured = {}
+        captured = []  # one [s, b, h] per micro-batch
         hook = None
         if ps.is_pipeline_last_stage():
-            hook = module.decoder.register_forward_hook(lambda m, a, o: captured.__setitem__("h", o))
+            hook = module.decoder.register_forward_hook(lambda m, a, o: captured.append(o))
         batch = {"inputs": ids, "lengths": torch.full((ids.shape[0],), ids.shape[1]),
                  "position_ids": torch.arange(ids.shape[1]).expand_as(ids)}
         model.predict(batch)
@@ -76,7 +83,7 @@ def main():
         if hook is not None:
             hook.remove()
             with torch.no_grad():
-                hidden = captured["h"]  # [s, b, h]
+                hidden = torch.cat(captured, 1)
                 logits, _ = module.output_layer(hidden)
                 logits = gather_from_tensor_model_parallel_region(logits)
                 ref = hf(ids, output_hidden_states=True)
@@ -85,6 +92,8 @@ def main():
             result["logits"] = float((logits.transpose(0, 1)[..., :vocab] - ref.logits).abs().max())
             result["hidden_absmax"] = float(ref.hidden_states[-1].abs().max())
             result["tokenizer_eos"] = int(model.tokenizer.eos_id)
+        if args.import_first:
+            result["import"] = {k: imported[k] for k in ("seconds", "peak_rss_gib", "parameters")}
         results[name] = result
     gathered = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, results)
