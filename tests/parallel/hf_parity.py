@@ -27,6 +27,8 @@ def main():
     p.add_argument("--out")
     p.add_argument("--model", action="append", default=[], help="NAME=NEMO:HF_DIR")
     p.add_argument("--import-first", action="store_true", help="import each HF_DIR to NEMO here first (TP=PP=1)")
+    p.add_argument("--text", action="append", default=[], help="score these sentences (tokenized by the packed "
+                   "tokenizer) instead of random ids; HF_DIR may then be a .gguf file")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
@@ -59,7 +61,7 @@ def main():
         with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
             cfg = compose(config_name="train_reward_model",
                           overrides=[*args.overrides, f"init.restore_from_path={nemo}", "model.micro_batch_size=1",
-                                     "model.global_batch_size=1", "model.encoder_seq_length=64"])
+                                     "model.global_batch_size=1", "model.encoder_seq_length=256"])
         with open_dict(cfg):
             cfg.exp_manager = None
         trainer = resolve_and_create_trainer(cfg, "rm")
@@ -67,13 +69,26 @@ def main():
         init_distributed(trainer, model, False)
         compat.seed_model_parallel_rng(int(cfg.model.seed))
         module = model.model
-        hf = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
-        ids = rows(hf.config.vocab_size)
+        if hf_dir.endswith(".gguf"):
+            hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(hf_dir), gguf_file=os.path.basename(hf_dir),
+                                                      torch_dtype=torch.float32).eval()
+        else:
+            hf = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+        if args.text:  # padded with eos on the right; causal attention leaves each row's prefix exact
+            tokens = [model.tokenizer.text_to_ids(t) for t in args.text]
+            lengths = torch.tensor([len(t) for t in tokens])
+            ids = torch.full((len(tokens), int(lengths.max())), model.tokenizer.eos_id)
+            for i, t in enumerate(tokens):
+                ids[i, : len(t)] = torch.tensor(t)
+        else:
+            ids = rows(hf.config.vocab_size)
+            lengths = torch.full((ids.shape[0],), ids.shape[1])
+        valid = (torch.arange(ids.shape[1])[None, :] < lengths[:, None])[..., None]
         captured = []  # one [s, b, h] per micro-batch
         hook = None
         if ps.is_pipeline_last_stage():
             hook = module.decoder.register_forward_hook(lambda m, a, o: captured.append(o))
-        batch = {"inputs": ids, "lengths": torch.full((ids.shape[0],), ids.shape[1]),
+        batch = {"inputs": ids, "lengths": lengths,
                  "position_ids": torch.arange(ids.shape[1]).expand_as(ids)}
         model.predict(batch)
         result = {"layout": {"tp": ps.get_tensor_model_parallel_world_size(),
@@ -88,9 +103,10 @@ def main():
                 logits = gather_from_tensor_model_parallel_region(logits)
                 ref = hf(ids, output_hidden_states=True)
             vocab = hf.config.vocab_size
-            result["hidden"] = float((hidden.transpose(0, 1) - ref.hidden_states[-1]).abs().max())
-            result["logits"] = float((logits.transpose(0, 1)[..., :vocab] - ref.logits).abs().max())
+            result["hidden"] = float(((hidden.transpose(0, 1) - ref.hidden_states[-1]).abs() * valid).max())
+            result["logits"] = float(((logits.transpose(0, 1)[..., :vocab] - ref.logits).abs() * valid).max())
             result["hidden_absmax"] = float(ref.hidden_states[-1].abs().max())
+            result["tokens"] = lengths.tolist()
             result["tokenizer_eos"] = int(model.tokenizer.eos_id)
         if args.import_first:
             result["import"] = {k: imported[k] for k in ("seconds", "peak_rss_gib", "parameters")}
