@@ -39,7 +39,7 @@ def make_scorer(model, cfg):
 def load_model(cfg):
     from nemo_hs2.models.loading import load_reward_model
 
-    return load_reward_model(cfg.checkpoint, cfg.get("trainer"), cfg.get("model"))
+    return load_reward_model(cfg.checkpoint, cfg.get("trainer"), cfg.get("model"), cfg.get("head_layout"))
 
 
 def _main_rank() -> bool:
@@ -71,8 +71,9 @@ def run(cfg, model=None) -> dict:
         from nemo_hs2.data.sources import read_examples
         from nemo_hs2.models.loading import checkpoint_config
 
-        attributes = list(checkpoint_config(cfg.checkpoint).regression.attributes) if model is None else \
-            list(model.attributes)
+        wanted = ((cfg.get("model") or {}).get("regression") or {}).get("attributes")
+        attributes = list(checkpoint_config(cfg.checkpoint, cfg.get("head_layout"), wanted).regression.attributes) \
+            if model is None else list(model.attributes)
         examples, skipped = read_examples(str(hs2_file), attributes, tuple(hs2_cfg.get("score_range", (0, 4))),
                                           hs2_cfg.get("on_bad_row", "error"))
         log.info(f"HelpSteer2: {len(examples)} rows from {hs2_file}, skipped {dict(skipped)}")
