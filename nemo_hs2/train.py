@@ -35,6 +35,9 @@ def check_init(cfg: DictConfig) -> None:
         return
     if not os.path.exists(path):
         raise FileNotFoundError(f"init.restore_from_path={path} does not exist")
+    layout = init.get("head_layout")
+    if layout is not None and mode != "reward_model":
+        raise ValueError("init.head_layout names a checkpoint's head outputs, so it needs init.mode=reward_model")
     from nemo_aligner.utils.utils import load_checkpoint_model_config
 
     from nemo_hs2.models import checkpoint_config
@@ -42,9 +45,6 @@ def check_init(cfg: DictConfig) -> None:
     # the architecture comes from the checkpoint: contradicting overrides fail here, before any process group
     saved = load_checkpoint_model_config(path)
     checkpoint_config.resolve(cfg.model, saved, path, *checkpoint_config.explicit_choices())
-    layout = init.get("head_layout")
-    if layout is not None and mode != "reward_model":
-        raise ValueError("init.head_layout names a checkpoint's head outputs, so it needs init.mode=reward_model")
     if mode == "reward_model":
         from nemo_hs2.models.head_layout import head_attributes
 
