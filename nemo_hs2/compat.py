@@ -346,6 +346,24 @@ def _layernorm1p():
     aligner_rm.get_specs = get_specs
 
 
+# ---------------------------------------------------------------------------------------------------------- NeMo
+@_patch("hf-tokenizer-in-nemo", "nemo", "NeMo 2.1 saves a Hugging Face tokenizer as an absolute directory path, so a .nemo "
+        "does not carry it; pack model.tokenizer.hf_files as artifacts (nemo_hs2.models.hf_tokenizer)",
+        lambda env: True)
+def _hf_tokenizer_in_nemo():
+    from nemo.collections.nlp.models.language_modeling.megatron_base_model import MegatronBaseModel
+
+    from nemo_hs2.models.hf_tokenizer import materialize
+
+    build_tokenizer = MegatronBaseModel._build_tokenizer
+
+    def _build_tokenizer(self):
+        materialize(self)
+        return build_tokenizer(self)
+
+    MegatronBaseModel._build_tokenizer = _build_tokenizer
+
+
 # ---------------------------------------------------------------------------------------- environment / torch API
 @_patch("nvidia-pytorch-version", "env", "MegatronBaseModel parses NVIDIA_PYTORCH_VERSION, set only inside NGC containers",
         lambda env: "NVIDIA_PYTORCH_VERSION" not in os.environ)
@@ -370,6 +388,45 @@ def _dist_ckpt_write_item():
                                     torch_fs.SerializationFormat.TORCH_SAVE)
 
     mcore_fs._write_item = write_item
+
+
+def _torch_checks_load_sizes(env):
+    import torch.distributed.checkpoint.default_planner as dp
+
+    return "Size mismatch between saved" in inspect.getsource(dp.create_default_local_load_plan)
+
+
+@_patch("dist-ckpt-vocab-padding", "torch", "torch >= 2.6 refuses any saved/current size difference on load, which defeats "
+        "mcore's allow_shape_mismatch (the padded vocabulary depends on TP and make_vocab_size_divisible_by); "
+        "read the overlap for those tensors, as older torch did", _torch_checks_load_sizes, dists=("megatron_core",))
+def _dist_ckpt_vocab_padding():
+    import torch.distributed.checkpoint.default_planner as dp
+    from megatron.core.dist_checkpointing.strategies.torch import MCoreLoadPlanner
+
+    plan_from = dp.create_default_local_load_plan
+    local_plan = MCoreLoadPlanner.create_local_plan
+
+    def create_default_local_load_plan(state_dict, metadata, strict=True):
+        md, loose = metadata.state_dict_metadata, getattr(_LOAD_SIZES, "loose", ())
+        differ = {k for k in loose if k in state_dict and k in md and isinstance(md[k], dp.TensorStorageMetadata)
+                  and getattr(state_dict[k], "size", None) is not None and md[k].size != state_dict[k].size()}
+        plan = plan_from({k: v for k, v in state_dict.items() if k not in differ}, metadata, strict)
+        extra = [item for k in sorted(differ) for item in dp._create_read_items(k, md[k], state_dict[k])]
+        return dataclasses.replace(plan, items=[*plan.items, *extra]) if extra else plan
+
+    def create_local_plan(self):
+        validated = {t.key for t in self.shapes_validation_sharded_tensors}  # mcore checks these shapes itself
+        _LOAD_SIZES.loose = {k for k in self.state_dict if k not in validated}
+        try:
+            return local_plan(self)
+        finally:
+            _LOAD_SIZES.loose = ()
+
+    dp.create_default_local_load_plan = create_default_local_load_plan
+    MCoreLoadPlanner.create_local_plan = create_local_plan
+
+
+_LOAD_SIZES = __import__("threading").local()
 
 
 def _torch_loads_weights_only(env):

@@ -6,25 +6,28 @@ from omegaconf import DictConfig, open_dict
 
 
 def build_model(cfg: DictConfig, trainer):
-    from nemo_aligner.utils.utils import load_and_override_model_config, load_from_nemo
+    from nemo_aligner.utils.utils import load_and_override_model_config, load_checkpoint_model_config, load_from_nemo
 
+    from nemo_hs2.models import checkpoint_config
     from nemo_hs2.models.reward_model import AttributeRewardModel
 
     path = (cfg.get("init") or {}).get("restore_from_path")
     if not path:
         return AttributeRewardModel(cfg.model, trainer)
+    saved = load_checkpoint_model_config(path)
     layout = cfg.init.get("head_layout")
     if layout is not None:  # a positional head: load it whole under its layout's names, then keep ours by name
-        from nemo_aligner.utils.utils import load_checkpoint_model_config
-
         from nemo_hs2.models.head_layout import head_attributes, keep_head_outputs
 
-        outputs, keep = head_attributes(load_checkpoint_model_config(path).get("regression"), path, layout,
+        outputs, keep = head_attributes(saved.get("regression"), path, layout,
                                         (cfg.model.get("regression") or {}).get("attributes"))
     # The checkpoint carries its resolved weight mappings; a merge would union them with this run's keys.
     asked = {k: cfg.model.regression.get(k) for k in ("reward_weights", "bt_reward")}
+    # The checkpoint decides the architecture; an explicit override that contradicts it is an error.
+    keys, preset_chosen = checkpoint_config.explicit_choices()
+    run_model = checkpoint_config.resolve(cfg.model, saved, path, keys, preset_chosen)
     with open_dict(cfg):
-        cfg.model = load_and_override_model_config(path, cfg.model)
+        cfg.model = load_and_override_model_config(path, run_model)
         for key, value in asked.items():
             if value is not None:
                 cfg.model.regression[key] = value
