@@ -102,7 +102,9 @@ def main():
         if hook is not None:
             hook.remove()
             with torch.no_grad():
-                hidden = torch.cat(captured, 1)
+                # Each micro-batch ran at its own width (rows padded to the longest of that micro-batch only).
+                width = ids.shape[1]
+                hidden = torch.cat([torch.nn.functional.pad(c, (0, 0, 0, 0, 0, width - c.shape[0])) for c in captured], 1)
                 logits, _ = module.output_layer(hidden)
                 logits = gather_from_tensor_model_parallel_region(logits)
                 ref = hf(ids, output_hidden_states=True)
