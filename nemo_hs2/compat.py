@@ -292,6 +292,78 @@ def _local_spec():
     aligner_rm.get_specs = get_specs
 
 
+class LayerNorm1P(torch.nn.LayerNorm):
+    """Zero-centred-gamma LayerNorm (NeMo's ``layernorm1p``, Nemotron-4): ``LN(x) * (1 + w) + b``.
+
+    What apex's FusedLayerNorm and TE's norm compute with ``layernorm_zero_centered_gamma``; the weight starts at 0
+    (a unit scale), and weight decay pulls the scale towards 1 rather than 0. A ``torch.nn.LayerNorm`` subclass, so
+    NeMo's optimizer grouping exempts it from weight decay like every other norm.
+    """
+
+    def __init__(self, config, hidden_size: int, eps: float = 1e-5, **unused):
+        if config.normalization != "LayerNorm":
+            raise CompatError(f"zero-centred gamma with normalization={config.normalization}: only LayerNorm has it")
+        if config.sequence_parallel or config.persist_layer_norm or config.memory_efficient_layer_norm:
+            raise CompatError("sequence_parallel / persist_layer_norm / memory_efficient_layer_norm need apex or "
+                              "Transformer Engine; set them false on this machine")
+        super().__init__(hidden_size, eps=eps)
+        torch.nn.init.zeros_(self.weight)
+
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight + 1, self.bias, self.eps)
+
+
+def layernorm1p_spec(spec, config):
+    """``spec`` (a GPT layer spec) as a block spec whose torch norms are LayerNorm1P; apex/TE norms are kept."""
+    import dataclasses
+
+    import megatron.core.transformer.transformer_block as block
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    swap = {k: LayerNorm1P for k in ("input_layernorm", "pre_mlp_layernorm")
+            if getattr(spec.submodules, k) is WrappedTorchNorm}
+    layer = dataclasses.replace(spec, submodules=dataclasses.replace(spec.submodules, **swap))
+    final = LayerNorm1P if block.LayerNormImpl is WrappedTorchNorm else block.LayerNormImpl
+    return ModuleSpec(module=block.TransformerBlock, submodules=block.TransformerBlockSubmodules(
+        layer_specs=[layer] * block.get_num_layers_to_build(config), layer_norm=final))
+
+
+@_patch("layernorm1p", "apex", "without apex or TE megatron-core's torch norm refuses zero-centred gamma (layernorm1p, "
+        "Nemotron-4); build those norms as LayerNorm1P", lambda env: not (env.apex or env.te),
+        dists=("megatron_core", "nemo_aligner"))
+def _layernorm1p():
+    import nemo_aligner.models.nlp.gpt.megatron_gpt_reward_model as aligner_rm
+
+    specs = aligner_rm.get_specs  # after local-spec, which is registered (so applied) first
+
+    def get_specs(spec_name="", transformer_config=None, *args, **kwargs):
+        spec = specs(spec_name, transformer_config, *args, **kwargs)
+        if transformer_config is not None and transformer_config.layernorm_zero_centered_gamma:
+            spec = layernorm1p_spec(spec, transformer_config)
+        return spec
+
+    aligner_rm.get_specs = get_specs
+
+
+# ---------------------------------------------------------------------------------------------------------- NeMo
+@_patch("hf-tokenizer-in-nemo", "nemo", "NeMo 2.1 saves a Hugging Face tokenizer as an absolute directory path, so a .nemo "
+        "does not carry it; pack model.tokenizer.hf_files as artifacts (nemo_hs2.models.hf_tokenizer)",
+        lambda env: True)
+def _hf_tokenizer_in_nemo():
+    from nemo.collections.nlp.models.language_modeling.megatron_base_model import MegatronBaseModel
+
+    from nemo_hs2.models.hf_tokenizer import materialize
+
+    build_tokenizer = MegatronBaseModel._build_tokenizer
+
+    def _build_tokenizer(self):
+        materialize(self)
+        return build_tokenizer(self)
+
+    MegatronBaseModel._build_tokenizer = _build_tokenizer
+
+
 # ---------------------------------------------------------------------------------------- environment / torch API
 @_patch("nvidia-pytorch-version", "env", "MegatronBaseModel parses NVIDIA_PYTORCH_VERSION, set only inside NGC containers",
         lambda env: "NVIDIA_PYTORCH_VERSION" not in os.environ)
@@ -316,6 +388,45 @@ def _dist_ckpt_write_item():
                                     torch_fs.SerializationFormat.TORCH_SAVE)
 
     mcore_fs._write_item = write_item
+
+
+def _torch_checks_load_sizes(env):
+    import torch.distributed.checkpoint.default_planner as dp
+
+    return "Size mismatch between saved" in inspect.getsource(dp.create_default_local_load_plan)
+
+
+@_patch("dist-ckpt-vocab-padding", "torch", "torch >= 2.6 refuses any saved/current size difference on load, which defeats "
+        "mcore's allow_shape_mismatch (the padded vocabulary depends on TP and make_vocab_size_divisible_by); "
+        "read the overlap for those tensors, as older torch did", _torch_checks_load_sizes, dists=("megatron_core",))
+def _dist_ckpt_vocab_padding():
+    import torch.distributed.checkpoint.default_planner as dp
+    from megatron.core.dist_checkpointing.strategies.torch import MCoreLoadPlanner
+
+    plan_from = dp.create_default_local_load_plan
+    local_plan = MCoreLoadPlanner.create_local_plan
+
+    def create_default_local_load_plan(state_dict, metadata, strict=True):
+        md, loose = metadata.state_dict_metadata, getattr(_LOAD_SIZES, "loose", ())
+        differ = {k for k in loose if k in state_dict and k in md and isinstance(md[k], dp.TensorStorageMetadata)
+                  and getattr(state_dict[k], "size", None) is not None and md[k].size != state_dict[k].size()}
+        plan = plan_from({k: v for k, v in state_dict.items() if k not in differ}, metadata, strict)
+        extra = [item for k in sorted(differ) for item in dp._create_read_items(k, md[k], state_dict[k])]
+        return dataclasses.replace(plan, items=[*plan.items, *extra]) if extra else plan
+
+    def create_local_plan(self):
+        validated = {t.key for t in self.shapes_validation_sharded_tensors}  # mcore checks these shapes itself
+        _LOAD_SIZES.loose = {k for k in self.state_dict if k not in validated}
+        try:
+            return local_plan(self)
+        finally:
+            _LOAD_SIZES.loose = ()
+
+    dp.create_default_local_load_plan = create_default_local_load_plan
+    MCoreLoadPlanner.create_local_plan = create_local_plan
+
+
+_LOAD_SIZES = __import__("threading").local()
 
 
 def _torch_loads_weights_only(env):

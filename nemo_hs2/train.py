@@ -90,8 +90,14 @@ def build_model(cfg: DictConfig, trainer):
     path = (cfg.get("init") or {}).get("restore_from_path")
     if not path:
         return AttributeRewardModel(cfg.model, trainer)
+    from nemo_aligner.utils.utils import load_checkpoint_model_config
+
+    from nemo_hs2.models import checkpoint_config
+
+    keys, preset_chosen = checkpoint_config.explicit_choices()
+    run_model = checkpoint_config.resolve(cfg.model, load_checkpoint_model_config(path), path, keys, preset_chosen)
     with open_dict(cfg):
-        cfg.model = load_and_override_model_config(path, cfg.model)
+        cfg.model = load_and_override_model_config(path, run_model)
     # base: the GPT backbone only, a freshly initialised head; reward_model: the head too.
     return load_from_nemo(AttributeRewardModel, cfg.model, trainer, strict=True,
                           load_base_model_only=cfg.init.mode == "base", restore_path=path)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, open_dict
 from nemo_hs2 import losses
 from nemo_hs2.attributes import check_attributes
 from nemo_hs2.data.dataset import pad_length
+from nemo_hs2.models.rotary import apply_rope_scaling
 from nemo_hs2.reward import resolve_weights, weights_for
 
 _STEP_KEYS = ("inputs", "lengths", "position_ids", "labels", "label_mask", "pair_ids", "preference")
@@ -81,6 +82,10 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         losses.bt_pair_included(torch.zeros(0), self.bt_ties)  # reject an unknown value at build time
         self._validation_outputs: list[dict[str, torch.Tensor]] | None = None
         self.last_loss = 0.0  # of the latest get_loss_and_metrics, on every rank (for the non-finite guard)
+
+    def model_provider_func(self, pre_process, post_process):
+        # NeMo-Aligner's RM skips NeMo's post-build RoPE scaling (Llama 3.1); see nemo_hs2.models.rotary.
+        return apply_rope_scaling(self.cfg, super().model_provider_func(pre_process, post_process))
 
     # ------------------------------------------------------------------------------------------ batches
     def _micro_batches(self, batch, num_microbatches: int, trim: bool):

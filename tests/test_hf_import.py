@@ -1,0 +1,181 @@
+"""Hugging Face import: architecture from config.json, refusals, and parity with transformers at TP1 / TP2 / PP2.
+
+The parity check writes a tiny random-init model of each family with ``save_pretrained`` (tests/hf/tiny_models.py),
+imports it with the importer behind ``examples/import_hf.py`` (same Hydra config, ``conf/import_hf.yaml``), starts a
+run from the ``.nemo`` as training does (default preset, ``init.restore_from_path``) and compares the backbone's
+final hidden state and the LM logits with transformers' own forward, in fp32 over gloo.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nemo_hs2.models import checkpoint_config, hf
+from tests.hf import tiny_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "parallel", "hf_parity.py")
+TOL = 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ fast
+def _llama(**kw):
+    return {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 96,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            "hidden_act": "silu", "max_position_embeddings": 8192, "vocab_size": 300, **kw}
+
+
+def test_llama_architecture_comes_from_the_config():
+    arch = hf.nemo_arch_config(_llama(head_dim=32, tie_word_embeddings=True,
+                                      rope_scaling=dict(tiny_models.LLAMA31_SCALING)))
+    assert arch["kv_channels"] == 32 and arch["num_query_groups"] == 2 and arch["ffn_hidden_size"] == 96
+    assert arch["share_embeddings_and_output_weights"] and arch["scale_positional_embedding"]
+    assert arch["normalization"] == "rmsnorm" and arch["activation"] == "fast-swiglu" and arch["rotary_base"] == 5e5
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"architectures": ["MistralForCausalLM"]}, "MistralForCausalLM"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"attention_bias": True}, "mlp_bias"),
+    ({"rope_scaling": {**tiny_models.LLAMA31_SCALING, "factor": 4.0}}, "rope_scaling"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
+])
+def test_unsupported_configs_are_refused_naming_the_field(change, field):
+    with pytest.raises(hf.UnsupportedModel, match=field):
+        hf.nemo_arch_config(_llama(**change), "x/config.json")
+
+
+def test_importer_refuses_an_unknown_architecture_before_loading_anything(tmp_path):
+    from nemo_hs2.models.hf_import import run
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    cfg = OmegaConf.create({"input": str(tmp_path), "input_gguf": None, "output": str(tmp_path.parent / "o.nemo")})
+    with pytest.raises(hf.UnsupportedModel, match="GPT2LMHeadModel"):
+        run(cfg)
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]  # the HF directory is never written
+
+
+def test_qkv_and_gate_up_mappings_invert():
+    arch = hf.Arch(heads=8, groups=2, head_dim=4)
+    q, k, v = torch.randn(32, 16), torch.randn(8, 16), torch.randn(8, 16)
+    fused = hf._qkv([q, k, v], arch)
+    # per query group: 4 q heads, then its k head, then its v head
+    assert torch.equal(fused[:16], q[:16]) and torch.equal(fused[16:20], k[:4]) and torch.equal(fused[20:24], v[:4])
+    assert all(torch.equal(a, b) for a, b in zip(hf._qkv_split(fused, arch), (q, k, v)))
+    gate, up = torch.randn(6, 4), torch.randn(6, 4)
+    assert all(torch.equal(a, b) for a, b in zip(hf._gate_up_split(hf._gate_up([gate, up], arch), arch), (gate, up)))
+
+
+SAVED = OmegaConf.create({"num_layers": 80, "hidden_size": 8192, "ffn_hidden_size": 28672, "num_attention_heads": 64,
+                          "num_query_groups": 8, "kv_channels": 128, "normalization": "rmsnorm",
+                          "layernorm_epsilon": 1e-5, "activation": "fast-swiglu", "bias": False,
+                          "position_embedding_type": "rope", "rotary_percentage": 1.0, "rotary_base": 500000,
+                          "scale_positional_embedding": False, "share_embeddings_and_output_weights": False,
+                          "max_position_embeddings": 8192, "mcore_gpt": True,
+                          "tokenizer": {"library": "huggingface", "type": "/tmp/tok", "hf_files": {"a": "b"}}})
+
+
+def _run_model(preset="tiny", overrides=()):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+        return compose(config_name="train_reward_model", overrides=[f"model={preset}", *overrides]).model
+
+
+def test_default_preset_does_not_spoil_the_checkpoint_architecture():
+    run = _run_model(overrides=["model.tensor_model_parallel_size=2", "model.encoder_seq_length=4096"])
+    out = checkpoint_config.resolve(run, SAVED, "ckpt.nemo")
+    merged = OmegaConf.merge(SAVED, out)
+    assert merged.num_layers == 80 and merged.hidden_size == 8192 and merged.normalization == "rmsnorm"
+    assert merged.tokenizer.library == "huggingface" and merged.tokenizer.hf_files == {"a": "b"}
+    assert merged.tensor_model_parallel_size == 2 and merged.encoder_seq_length == 4096  # not architecture
+    assert merged.optim.lr == run.optim.lr
+
+
+def test_explicit_contradiction_is_an_error_naming_the_field():
+    run = _run_model(overrides=["model.num_layers=4"])
+    with pytest.raises(ValueError, match=r"model.num_layers=4 contradicts the checkpoint ckpt.nemo \(num_layers=80\)"):
+        checkpoint_config.resolve(run, SAVED, "ckpt.nemo", explicit_keys={"num_layers"})
+    ok = _run_model(overrides=["model.num_layers=80"])  # agreeing is fine
+    assert "num_layers" not in checkpoint_config.resolve(ok, SAVED, "ckpt.nemo", explicit_keys={"num_layers"})
+    run = _run_model(overrides=["model.tokenizer.library=sentencepiece"])
+    with pytest.raises(ValueError, match="model.tokenizer.library"):
+        checkpoint_config.resolve(run, SAVED, "ckpt.nemo", explicit_keys={"tokenizer.library"})
+
+
+def test_a_chosen_gpu_preset_must_match_the_checkpoint():
+    same = checkpoint_config.resolve(_run_model("llama3_70b"), SAVED, "ckpt.nemo", preset_chosen=True)
+    assert "num_layers" not in same and "tokenizer" not in same
+    with pytest.raises(ValueError, match="scale_positional_embedding"):  # a Llama 3 checkpoint under the 3.1 preset
+        checkpoint_config.resolve(_run_model("llama3_1_70b"), SAVED, "ckpt.nemo", preset_chosen=True)
+    with pytest.raises(ValueError, match="model.num_layers=32"):
+        checkpoint_config.resolve(_run_model("nemotron4_15b"), SAVED, "ckpt.nemo", preset_chosen=True)
+
+
+def test_sequence_length_is_capped_by_the_checkpoint_positions():
+    run = _run_model(overrides=["model.encoder_seq_length=16384"])
+    with pytest.raises(ValueError, match="encoder_seq_length=16384 exceeds .*max_position_embeddings=8192"):
+        checkpoint_config.resolve(run, SAVED, "ckpt.nemo")
+
+
+# ------------------------------------------------------------------------------------------------ parity
+def torchrun(nproc, args, out, port):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
+           WORKER, "--out", str(out), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """Every family written, imported and checked at TP=PP=1 in one launch; returns its results and model args."""
+    tmp = tmp_path_factory.mktemp("hf")
+    models = []
+    for i, family in enumerate(tiny_models.FAMILIES):
+        hf_dir = tiny_models.write(family, str(tmp / f"hf_{family}"), seed=i)
+        models += ["--model", f"{family}={tmp / (family + '.nemo')}:{hf_dir}"]
+    results = torchrun(1, ["--import-first", *models], tmp / "tp1.json", 29811)
+    return tmp, models, results
+
+
+def check(results, layout):
+    seen = {}
+    for rank in results:
+        for family, r in rank.items():
+            if "hidden" in r:  # last pipeline stage
+                seen[family] = r
+    assert sorted(seen) == sorted(tiny_models.FAMILIES)
+    for family, r in seen.items():
+        print(f"{layout} {family}: hidden {r['hidden']:.2e} logits {r['logits']:.2e}")
+        assert r["hidden"] <= TOL and r["logits"] <= TOL, (layout, family, r)
+        assert r["tokenizer_eos"] == 2  # <|im_end|>, from the packed tokenizer
+    assert seen["llama31"]["arch"]["scale_positional_embedding"] is True
+    assert seen["nemotron"]["arch"]["normalization"] == "layernorm1p"
+    assert seen["nemotron"]["arch"]["rotary_percentage"] == 0.5
+    return seen
+
+
+@pytest.mark.slow
+def test_tp1_matches_transformers(imported):
+    _, _, results = imported
+    seen = check(results, "tp1")
+    assert all(r["layout"] == {"tp": 1, "pp": 1} for r in seen.values())
+    assert seen["llama3"]["arch"]["num_layers"] == 2  # from the checkpoint, not from the default preset
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout, port", [("tp2", 29812), ("pp2", 29813)])
+def test_parallel_layouts_match_transformers(imported, layout, port):
+    tmp, models, _ = imported
+    size = {"tp2": "model.tensor_model_parallel_size=2", "pp2": "model.pipeline_model_parallel_size=2"}[layout]
+    seen = check(torchrun(2, [*models, "trainer.devices=2", size], tmp / f"{layout}.json", port), layout)
+    key = "tp" if layout == "tp2" else "pp"
+    assert all(r["layout"][key] == 2 for r in seen.values())
