@@ -70,23 +70,38 @@ def test_byte_level_tokenizer_is_refused():
 
 
 # ------------------------------------------------------------------------------------------------ parity
-@pytest.fixture(scope="module")
-def parity(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    out = tmp / "parity.json"
-    cmd = [sys.executable, WORKER, "--out", str(out), "--tmp", str(tmp), *[a for f in FAMILIES for a in ("--family", f)],
-           "--hf-chat", "llama31"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=ROOT)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=ROOT)
+
+
+def _run(cmd, timeout=900):
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{cmd} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _worker(tmp, out, args):
+    _run([sys.executable, WORKER, "--out", str(out), "--tmp", str(tmp), *args])
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    from tests.test_rewardbench import demo_helpsteer2_file, rewardbench_test_rows
+
+    tmp = tmp_path_factory.mktemp("export")
+    (tmp / "rb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rewardbench_test_rows()))
+    demo_helpsteer2_file(tmp / "hs2.jsonl")
+    results = _worker(tmp, tmp / "parity.json", [*[a for f in FAMILIES for a in ("--family", f)],
+                                                  "--hf-chat", "llama31", "--evaluate", "llama31"])
+    return tmp, results
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("head", hf_export.HEADS)
 def test_exported_model_scores_as_the_nemo(parity, family, head):
+    _, parity = parity
     r = parity[family]
     e = r[head]
     print(f"{family} {head} ({r['template']}): reward {e['reward_diff']:.2e} attributes {e.get('attr_diff')}")
@@ -101,3 +116,55 @@ def test_exported_model_scores_as_the_nemo(parity, family, head):
     else:  # RMSNorm has no bias and the HF score layer none: the raw logits are off by the recorded bias
         assert not e["bias_folded"] and e["raw_logit_offset"] > 1e-2
     assert parity["llama31"]["template"] == "hf_chat" and parity["llama3"]["template"] == "steerlm"
+
+
+def _check(r, head):
+    e = r[head]
+    assert e["same_tokens"] and e["reward_diff"] <= TOL and e.get("attr_diff", 0.0) <= TOL, (head, r)
+
+
+@pytest.mark.slow
+def test_tp2_and_pp2_trained_sources_are_merged_on_export(parity):
+    """A few training steps at TP=2 (Llama 3) and PP=2 (Nemotron) from the imported models, then export."""
+    tmp, _ = parity
+    nemos = []
+    for family, layout, port in (("llama3", "model.tensor_model_parallel_size=2", 29941),
+                                 ("nemotron", "model.pipeline_model_parallel_size=2", 29942)):
+        log_dir = tmp / f"train_{family}"
+        _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+              os.path.join(ROOT, "examples", "train_reward_model.py"), "trainer.devices=2", layout,
+              f"init.restore_from_path={tmp / family / 'base.nemo'}", "trainer.rm.max_steps=2",
+              "trainer.rm.val_check_interval=2", "trainer.rm.save_interval=2", "data.demo.train_prompts=16",
+              "data.demo.validation_prompts=4", f"exp_manager.explicit_log_dir={log_dir}"])
+        layout_seen = json.loads((log_dir / "metrics.json").read_text())["layout"]
+        assert layout_seen["tp" if "tensor" in layout else "pp"] == 2
+        nemos += ["--nemo", f"{family}_trained={log_dir / 'checkpoints' / 'hs2_reward_model.nemo'}"]
+    results = _worker(tmp, tmp / "trained.json", nemos)
+    for name, r in results.items():
+        for head in hf_export.HEADS:
+            print(f"{name} {head}: reward {r[head]['reward_diff']:.2e} attributes {r[head].get('attr_diff')}")
+            _check(r, head)
+
+
+@pytest.mark.slow
+def test_evaluating_the_export_gives_the_nemo_numbers(parity):
+    """examples/evaluate_reward_model.py hf_model=D on the files the worker evaluated the .nemo on."""
+    tmp, _ = parity
+    nemo_out, hf_out = tmp / "llama31" / "eval_nemo", tmp / "eval_hf"
+    _run([sys.executable, os.path.join(ROOT, "examples", "evaluate_reward_model.py"),
+          f"hf_model={tmp / 'llama31' / 'hf_attributes'}", f"rewardbench.file={tmp / 'rb.jsonl'}",
+          f"rewardbench2.file={os.path.join(ROOT, 'tests', 'data', 'rewardbench2_sample.jsonl')}",
+          f"helpsteer2.file={tmp / 'hs2.jsonl'}", "helpsteer2.plots=false", f"output_dir={hf_out}"], timeout=600)
+    for name, keys in (("rewardbench.json", ("overall", "sections", "rows")),
+                       ("rewardbench2.json", ("overall", "subset_scores", "rows"))):
+        want, got = (json.loads((d / name).read_text()) for d in (nemo_out, hf_out))
+        for k in keys:  # accuracies exactly; RewardBench 2's Ties term is a raw margin, equal to the tolerance
+            assert got[k] == (want[k] if k == "rows" else pytest.approx(want[k], abs=TOL)), (name, k)
+    for name, field in (("rewardbench_scores.jsonl", ("reward_chosen", "reward_rejected")),):
+        want, got = ([json.loads(x) for x in (d / name).read_text().splitlines()] for d in (nemo_out, hf_out))
+        assert len(want) == len(got) > 10
+        for a, b in zip(want, got):
+            assert a["id"] == b["id"] and all(abs(a[f] - b[f]) <= TOL for f in field)
+    want, got = (json.loads((d / "helpsteer2.json").read_text())["metrics"] for d in (nemo_out, hf_out))
+    for k in ("mse", "pairwise_acc/reward"):
+        assert got[k] == pytest.approx(want[k], abs=TOL)

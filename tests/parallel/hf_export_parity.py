@@ -42,6 +42,10 @@ def main():
     p.add_argument("--tmp")
     p.add_argument("--family", action="append", default=[])
     p.add_argument("--hf-chat", action="append", default=[], help="families trained with template=hf_chat")
+    p.add_argument("--evaluate", action="append", default=[], help="NAME: also evaluate its .nemo on RewardBench "
+                   "(rb.jsonl), RewardBench 2 and HelpSteer2 rows (hs2.jsonl) under --tmp, into NAME/eval_nemo")
+    p.add_argument("--nemo", action="append", default=[], help="NAME=RM.nemo: an already trained reward model "
+                   "(any saved TP / PP layout) instead of an imported family")
     args = p.parse_args()
 
     import numpy as np
@@ -62,22 +66,24 @@ def main():
 
     convs = conversations()
     results = {}
-    for seed, family in enumerate(args.family):
+    sources = [(f, None) for f in args.family] + [tuple(s.split("=", 1)) for s in args.nemo]
+    for seed, (family, rm) in enumerate(sources):
         tmp = os.path.join(args.tmp, family)
-        hf_dir = tiny_models.write(family, os.path.join(tmp, "hf"), seed=seed)
-        base, rm = os.path.join(tmp, "base.nemo"), os.path.join(tmp, "rm.nemo")
-        with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
-            import_hf(compose(config_name="import_hf", overrides=[f"input={hf_dir}", f"output={base}"]))
-        model = load_reward_model(base)
-        torch.manual_seed(100 + seed)
-        with torch.no_grad():  # a trained-looking head: weights and a bias well away from zero
-            model.model.rm_head.weight.normal_(0.0, 0.5)
-            model.model.rm_head.bias.normal_(0.0, 1.0)
-        with open_dict(model.cfg):
-            if family in args.hf_chat:
-                model.cfg.template, model.cfg.system_prompt = "hf_chat", "You rate answers."
-        model.save_to(rm)
-        model = load_reward_model(rm)
+        if rm is None:
+            hf_dir = tiny_models.write(family, os.path.join(tmp, "hf"), seed=seed)
+            base, rm = os.path.join(tmp, "base.nemo"), os.path.join(tmp, "rm.nemo")
+            with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+                import_hf(compose(config_name="import_hf", overrides=[f"input={hf_dir}", f"output={base}"]))
+            model = load_reward_model(base)
+            torch.manual_seed(100 + seed)
+            with torch.no_grad():  # a trained-looking head: weights and a bias well away from zero
+                model.model.rm_head.weight.normal_(0.0, 0.5)
+                model.model.rm_head.bias.normal_(0.0, 1.0)
+            with open_dict(model.cfg):
+                if family in args.hf_chat:
+                    model.cfg.template, model.cfg.system_prompt = "hf_chat", "You rate answers."
+            model.save_to(rm)
+        model = load_reward_model(rm)  # at TP = PP = 1 whatever layout it was saved in, as the exporter does
         nemo = RewardScorer(model, batch_size=8)
         want = nemo.score(convs)
         want_pred = np.array([[r["attributes"][a] for a in nemo.attributes] for r in want])
@@ -102,6 +108,14 @@ def main():
                 raw = scorer.predict_tokens([scorer.tokenize(c) for c in convs]) - scorer.bias
                 entry["raw_logit_offset"] = float(np.abs(raw @ scorer.weights - want_reward).max())
             r[head] = entry
+        if family in args.evaluate:
+            from nemo_hs2.evaluation.run import run as evaluate
+
+            evaluate(OmegaConf.create({
+                "checkpoint": rm, "output_dir": os.path.join(tmp, "eval_nemo"), "batch_size": 8, "progress": False,
+                "rewardbench": {"file": os.path.join(args.tmp, "rb.jsonl")},
+                "rewardbench2": {"file": os.path.join(ROOT, "tests", "data", "rewardbench2_sample.jsonl")},
+                "helpsteer2": {"file": os.path.join(args.tmp, "hs2.jsonl"), "plots": False}}), model=model)
         results[family] = r
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
