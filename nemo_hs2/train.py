@@ -35,17 +35,16 @@ def check_init(cfg: DictConfig) -> None:
         return
     if not os.path.exists(path):
         raise FileNotFoundError(f"init.restore_from_path={path} does not exist")
+    layout = init.get("head_layout")
+    if layout is not None and mode != "reward_model":
+        raise ValueError("init.head_layout names a checkpoint's head outputs, so it needs init.mode=reward_model")
     if mode == "reward_model":
         from nemo_aligner.utils.utils import load_checkpoint_model_config
 
-        saved = (load_checkpoint_model_config(path).get("regression") or {}).get("attributes")
-        wanted = list(cfg.model.regression.attributes)
-        if saved is None:
-            raise ValueError(f"{path} has no attribute names (not a nemo_hs2 reward model; a NeMo-Aligner "
-                             "positional head cannot be matched by name): use init.mode=base")
-        if list(saved) != wanted:
-            raise ValueError(f"{path} predicts attributes {list(saved)} but the config asks for {wanted}: "
-                             "set data.attributes to the checkpoint's, or use init.mode=base for a fresh head")
+        from nemo_hs2.models.head_layout import head_attributes
+
+        head_attributes(load_checkpoint_model_config(path).get("regression"), path, layout,
+                        list(cfg.model.regression.attributes))
 
 
 RESUME_MODES = ("auto", "required", "never")
@@ -94,13 +93,28 @@ def build_model(cfg: DictConfig, trainer):
 
     from nemo_hs2.models import checkpoint_config
 
+    saved = load_checkpoint_model_config(path)
+    layout = cfg.init.get("head_layout")
+    if layout is not None:  # a positional head: load it whole under its layout's names, then keep ours by name
+        from nemo_hs2.models.head_layout import head_attributes, keep_head_outputs
+
+        outputs, keep = head_attributes(saved.get("regression"), path, layout,
+                                        (cfg.model.get("regression") or {}).get("attributes"))
     keys, preset_chosen = checkpoint_config.explicit_choices()
-    run_model = checkpoint_config.resolve(cfg.model, load_checkpoint_model_config(path), path, keys, preset_chosen)
+    run_model = checkpoint_config.resolve(cfg.model, saved, path, keys, preset_chosen)
     with open_dict(cfg):
         cfg.model = load_and_override_model_config(path, run_model)
+        if layout is not None:
+            cfg.model.regression.attributes = list(outputs)
+    base = cfg.init.mode == "base"
     # base: the GPT backbone only, a freshly initialised head; reward_model: the head too.
-    return load_from_nemo(AttributeRewardModel, cfg.model, trainer, strict=True,
-                          load_base_model_only=cfg.init.mode == "base", restore_path=path)
+    model = load_from_nemo(AttributeRewardModel, cfg.model, trainer, strict=True, load_base_model_only=base,
+                           restore_path=path)
+    if layout is not None:
+        keep_head_outputs(model, keep)
+        with open_dict(cfg):
+            cfg.model.regression.attributes = list(keep)
+    return model
 
 
 def run(cfg: DictConfig) -> dict:

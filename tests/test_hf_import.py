@@ -21,6 +21,8 @@ from tests.hf import tiny_models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "parallel", "hf_parity.py")
 TOL = 1e-4
+HF_FILES = ["config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
+            "tokenizer.json", "tokenizer_config.json"]
 
 
 # ------------------------------------------------------------------------------------------------ fast
@@ -142,6 +144,14 @@ def imported(tmp_path_factory):
     for i, family in enumerate(tiny_models.FAMILIES):
         hf_dir = tiny_models.write(family, str(tmp / f"hf_{family}"), seed=i)
         models += ["--model", f"{family}={tmp / (family + '.nemo')}:{hf_dir}"]
+    # One family through the command line; the others through the same importer and config inside the TP=1
+    # launch (each separate import would cost a NeMo start-up).
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "examples/import_hf.py", f"input={tmp / 'hf_llama3'}",
+                           f"output={tmp / 'llama3.nemo'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(os.listdir(tmp / "hf_llama3")) == sorted(HF_FILES)  # the HF directory is never written
     results = torchrun(1, ["--import-first", *models], tmp / "tp1.json", 29811)
     return tmp, models, results
 

@@ -49,7 +49,7 @@ def hf_scorer(cfg):
 def load_model(cfg):
     from nemo_hs2.models.loading import load_reward_model
 
-    return load_reward_model(cfg.checkpoint, cfg.get("trainer"), cfg.get("model"))
+    return load_reward_model(cfg.checkpoint, cfg.get("trainer"), cfg.get("model"), cfg.get("head_layout"))
 
 
 def _main_rank() -> bool:
@@ -97,8 +97,9 @@ def run(cfg, model=None) -> dict:
                                  "with export.head=reward")
             attributes = list(scorer.attributes)
         else:
-            attributes = list(checkpoint_config(cfg.checkpoint).regression.attributes) if model is None else \
-                list(model.attributes)
+            wanted = ((cfg.get("model") or {}).get("regression") or {}).get("attributes")
+            attributes = list(checkpoint_config(cfg.checkpoint, cfg.get("head_layout"), wanted).regression.attributes) \
+                if model is None else list(model.attributes)
         examples, skipped = read_examples(str(hs2_file), attributes, tuple(hs2_cfg.get("score_range", (0, 4))),
                                           hs2_cfg.get("on_bad_row", "error"))
         log.info(f"HelpSteer2: {len(examples)} rows from {hs2_file}, skipped {dict(skipped)}")

@@ -8,6 +8,7 @@ special tokens) is staged in a temporary directory and packed into the ``.nemo``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -80,6 +81,16 @@ def fix_gguf_tokenizer(tok, gguf_path: str):
     return fixed
 
 
+@functools.lru_cache(maxsize=1)
+def load_gguf(path: str):
+    """transformers' model from a GGUF file, dequantized to fp32 (kept for a reference forward in the same process)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    directory, name = os.path.split(os.path.abspath(path))
+    return AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, torch_dtype=torch.float32).eval()
+
+
 def open_hf(input_dir: str | None = None, input_gguf: str | None = None):
     """(HF config dict, weight source, fast tokenizer, description) for an HF directory or a GGUF file."""
     from transformers import AutoTokenizer
@@ -97,11 +108,8 @@ def open_hf(input_dir: str | None = None, input_gguf: str | None = None):
         return config, hf.SafetensorsSource(input_dir), tok, config_path
     if not os.path.isfile(input_gguf):
         raise FileNotFoundError(f"input_gguf={input_gguf} does not exist")
-    import torch
-    from transformers import AutoModelForCausalLM
-
     directory, name = os.path.split(os.path.abspath(input_gguf))
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, torch_dtype=torch.float32)
+    model = load_gguf(input_gguf)
     config = model.config.to_dict()
     config["architectures"] = [type(model).__name__]
     state = model.state_dict()

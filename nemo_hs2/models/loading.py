@@ -52,27 +52,34 @@ def check_layout(trainer_cfg: Mapping, tp: int, pp: int) -> int:
     return world
 
 
-def checkpoint_config(checkpoint: str | os.PathLike) -> DictConfig:
-    """The model config saved in a ``.nemo`` (file or extracted directory); checks it is a nemo_hs2 reward model."""
+def checkpoint_config(checkpoint: str | os.PathLike, head_layout=None, attributes=None) -> DictConfig:
+    """The model config saved in a ``.nemo`` (file or extracted directory), with ``regression.attributes`` the
+    names the loaded model will predict: the checkpoint's own, or (a NeMo-Aligner positional head) those
+    ``head_layout`` gives its outputs, cut to ``attributes`` (default: the layout's trained ones)."""
     path = os.fspath(checkpoint)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     from nemo_aligner.utils.utils import load_checkpoint_model_config
 
+    from nemo_hs2.models.head_layout import head_attributes
+
     saved = load_checkpoint_model_config(path)
-    if not (saved.get("regression") or {}).get("attributes"):
-        raise ValueError(f"{path} has no model.regression.attributes: not a nemo_hs2 attribute reward model "
-                         "(its outputs could not be named)")
+    _, keep = head_attributes(saved.get("regression"), path, head_layout, attributes)
+    with open_dict(saved):
+        saved.regression.attributes = list(keep)
     return saved
 
 
 def load_reward_model(checkpoint: str | os.PathLike, trainer: Mapping | None = None,
-                      model_overrides: Mapping | None = None):
+                      model_overrides: Mapping | None = None, head_layout=None):
     """An ``AttributeRewardModel`` with the checkpoint's backbone and head, ready for ``RewardScorer``.
 
     ``trainer``: a trainer config such as ``conf/trainer/cpu.yaml`` (default: one CPU process, fp32).
     ``model_overrides``: keys merged over the checkpoint's model config, e.g. ``tensor_model_parallel_size``,
     ``pipeline_model_parallel_size``, ``forward_micro_batch_size``; ``precision`` follows the trainer.
+    ``head_layout``: names a positional head's outputs (``aligner_9slot``: NVIDIA's published NeMo-Aligner reward
+    models; or a list, one name or null per output); ``model_overrides={"regression": {"attributes": [...]}}``
+    picks which of them to keep (default: the layout's trained ones).
     """
     path = os.fspath(checkpoint)
     if not os.path.exists(path):  # before NeMo's import, which takes a while
@@ -89,7 +96,8 @@ def load_reward_model(checkpoint: str | os.PathLike, trainer: Mapping | None = N
                 overrides[key] = 1
     check_layout(trainer_cfg, int(overrides.tensor_model_parallel_size), int(overrides.pipeline_model_parallel_size))
     compat.apply()
-    checkpoint_config(path)
+    wanted = (overrides.get("regression") or {}).get("attributes")
+    checkpoint_config(path, head_layout, wanted)
 
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
     from nemo_aligner.utils.utils import load_and_override_model_config
@@ -98,7 +106,7 @@ def load_reward_model(checkpoint: str | os.PathLike, trainer: Mapping | None = N
 
     model_cfg = load_and_override_model_config(path, overrides)
     cfg = OmegaConf.create({"trainer": trainer_cfg, "model": model_cfg, "exp_manager": None,
-                            "init": {"restore_from_path": path, "mode": "reward_model"}})
+                            "init": {"restore_from_path": path, "mode": "reward_model", "head_layout": head_layout}})
     seed = int(cfg.model.get("seed", 1234))
     launched = "WORLD_SIZE" in os.environ
     env_before = set(os.environ)

@@ -57,6 +57,7 @@ def prepare_model_config(cfg: DictConfig) -> DictConfig:
         bt_reward = {bt_reward: 1.0}
     bt_reward = weights_for(bt_reward, attributes)
     with open_dict(cfg):
+        reg.loss_func = loss_name  # a NeMo-Aligner checkpoint's config may not have it
         reg.reward_weights = weights
         reg.bt_reward = bt_reward
         reg.num_attributes = len(attributes)
@@ -72,16 +73,26 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         cfg = prepare_model_config(cfg)
         super().__init__(cfg, trainer=trainer)
         reg = self.cfg.regression
-        self.attributes = tuple(reg.attributes)
+        self.set_attributes(reg.attributes)
         self.loss_name = reg.loss_func
         self.pad_to_multiple = int(self.cfg.get("pad_to_multiple", 8))
         self.reward_weights = dict(reg.reward_weights)
-        self.bt_weights = torch.tensor(resolve_weights(reg.bt_reward, self.attributes), dtype=torch.float32)
         self.bt_loss_weight = float(reg.get("bt_loss_weight", 1.0))
         self.bt_ties = str(reg.get("bt_ties", "drop"))
         losses.bt_pair_included(torch.zeros(0), self.bt_ties)  # reject an unknown value at build time
         self._validation_outputs: list[dict[str, torch.Tensor]] | None = None
         self.last_loss = 0.0  # of the latest get_loss_and_metrics, on every rank (for the non-finite guard)
+
+    def set_attributes(self, attributes) -> None:
+        """Name the head's outputs, in order (nemo_hs2.models.head_layout renames a loaded positional head)."""
+        with open_dict(self.cfg):
+            self.cfg.regression.attributes = list(attributes)
+            self.cfg.regression.num_attributes = len(attributes)
+        self.attributes = tuple(attributes)
+        bt_reward = self.cfg.regression.get("bt_reward", "helpfulness")
+        if isinstance(bt_reward, str) and bt_reward in self.attributes:  # one named attribute
+            bt_reward = {bt_reward: 1.0}
+        self.bt_weights = torch.tensor(resolve_weights(bt_reward, self.attributes), dtype=torch.float32)
 
     def model_provider_func(self, pre_process, post_process):
         # NeMo-Aligner's RM skips NeMo's post-build RoPE scaling (Llama 3.1); see nemo_hs2.models.rotary.

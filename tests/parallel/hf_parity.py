@@ -26,7 +26,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     p.add_argument("--model", action="append", default=[], help="NAME=NEMO:HF_DIR")
-    p.add_argument("--import-first", action="store_true", help="import each HF_DIR to NEMO here first (TP=PP=1)")
+    p.add_argument("--import-first", action="store_true", help="import each HF_DIR to NEMO here first (TP=PP=1) where NEMO does not exist yet")
     p.add_argument("--text", action="append", default=[], help="score these sentences (tokenized by the packed "
                    "tokenizer) instead of random ids; HF_DIR may then be a .gguf file")
     p.add_argument("overrides", nargs="*")
@@ -52,11 +52,13 @@ def main():
     for spec in args.model:
         name, rest = spec.split("=", 1)
         nemo, hf_dir = rest.split(":", 1)
-        if args.import_first:
+        imported = None
+        if args.import_first and not os.path.exists(nemo):
             from nemo_hs2.models.hf_import import run as import_hf
 
             with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
-                icfg = compose(config_name="import_hf", overrides=[f"input={hf_dir}", f"output={nemo}"])
+                source = f"input_gguf={hf_dir}" if hf_dir.endswith(".gguf") else f"input={hf_dir}"
+                icfg = compose(config_name="import_hf", overrides=[source, f"output={nemo}"])
             imported = import_hf(icfg)
         with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
             cfg = compose(config_name="train_reward_model",
@@ -70,8 +72,9 @@ def main():
         compat.seed_model_parallel_rng(int(cfg.model.seed))
         module = model.model
         if hf_dir.endswith(".gguf"):
-            hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(hf_dir), gguf_file=os.path.basename(hf_dir),
-                                                      torch_dtype=torch.float32).eval()
+            from nemo_hs2.models.hf_import import load_gguf
+
+            hf = load_gguf(hf_dir)  # transformers' own GGUF load; the one the import used, if it ran here
         else:
             hf = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
         if args.text:  # padded with eos on the right; causal attention leaves each row's prefix exact
@@ -108,8 +111,8 @@ def main():
             result["hidden_absmax"] = float(ref.hidden_states[-1].abs().max())
             result["tokens"] = lengths.tolist()
             result["tokenizer_eos"] = int(model.tokenizer.eos_id)
-        if args.import_first:
-            result["import"] = {k: imported[k] for k in ("seconds", "peak_rss_gib", "parameters")}
+        if imported is not None:
+            result["import"] = {k: imported[k] for k in ("seconds", "peak_rss_gib", "parameters", "output_gib")}
         results[name] = result
     gathered = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, results)
