@@ -35,12 +35,16 @@ def check_init(cfg: DictConfig) -> None:
         return
     if not os.path.exists(path):
         raise FileNotFoundError(f"init.restore_from_path={path} does not exist")
+    from nemo_aligner.utils.utils import load_checkpoint_model_config
+
+    from nemo_hs2.models import checkpoint_config
+
+    # the architecture comes from the checkpoint: contradicting overrides fail here, before any process group
+    checkpoint_config.resolve(cfg.model, load_checkpoint_model_config(path), path, *checkpoint_config.explicit_choices())
     layout = init.get("head_layout")
     if layout is not None and mode != "reward_model":
         raise ValueError("init.head_layout names a checkpoint's head outputs, so it needs init.mode=reward_model")
     if mode == "reward_model":
-        from nemo_aligner.utils.utils import load_checkpoint_model_config
-
         from nemo_hs2.models.head_layout import head_attributes
 
         head_attributes(load_checkpoint_model_config(path).get("regression"), path, layout,

@@ -287,7 +287,8 @@ def import_weights(module: torch.nn.Module, source, hf_config: Mapping, skip_pre
             else:
                 param.copy_(value)
         del value
-    unused = sorted(k for k in available - used if not k.endswith(_IGNORED_SUFFIXES))
+    ignored = _IGNORED_SUFFIXES + (("lm_head.weight",) if arch_cfg["share_embeddings_and_output_weights"] else ())
+    unused = sorted(k for k in available - used if not k.endswith(ignored))  # a tied lm_head may be stored too
     if unused:
         raise UnsupportedModel(f"HF tensors with no place in the Megatron model: {unused[:5]} ({len(unused)} in all)")
     return {"parameters": len(targets), "hf_tensors": len(used),

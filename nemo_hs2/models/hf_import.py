@@ -144,12 +144,12 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError("output=OUT.nemo is required")
     if os.path.exists(output) and not cfg.get("overwrite", False):
         raise FileExistsError(f"output={output} exists (overwrite=true to replace it)")
-    source_dir = cfg.get("input") or os.path.dirname(os.path.abspath(cfg.get("input_gguf") or "."))
-    if cfg.get("input") and os.path.abspath(output).startswith(os.path.abspath(source_dir) + os.sep):
+    if cfg.get("input") and os.path.abspath(output).startswith(os.path.abspath(cfg.input) + os.sep):
         raise ValueError(f"output={output} is inside the input directory, which the importer never writes")
 
     config, source, tok, where = open_hf(cfg.get("input"), cfg.get("input_gguf"))
     arch = hf.nemo_arch_config(config, where)
+    loaded = time.time()
 
     from nemo_hs2 import compat
 
@@ -158,7 +158,7 @@ def run(cfg: DictConfig) -> dict:
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
 
     from nemo_hs2.models.reward_model import AttributeRewardModel
-    loaded = time.time()
+
     with tempfile.TemporaryDirectory(prefix="nemo_hs2_import_") as staging:
         files = hf_tokenizer.stage(tok, os.path.join(staging, "tokenizer"))
         run_cfg = OmegaConf.create({"trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -176,7 +176,7 @@ def run(cfg: DictConfig) -> dict:
         model.save_to(output)
     report = {"output": output, "source": where, "architecture": config["architectures"][0],
               "arch": arch, **counts, "padded_vocab_size": model.padded_vocab_size,
-              "seconds": {"read_hf": round(loaded - started, 1), "build_and_convert": round(built - loaded, 1),
+              "seconds": {"read_hf": round(loaded - started, 1), "start_build_convert": round(built - loaded, 1),
                           "save": round(time.time() - built, 1), "total": round(time.time() - started, 1)},
               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
               "output_gib": round(os.path.getsize(output) / 2**30, 3)}
