@@ -69,6 +69,15 @@ def test_byte_level_tokenizer_is_refused():
         hf_export.export_tokenizer(Model())
 
 
+def test_exported_classifier_reads_back_as_its_family_with_the_score_as_head():
+    config = {**hf_export.hf_causal_config(_nemo_cfg()), "architectures": ["LlamaForSequenceClassification"]}
+    rules = {r.megatron: r.hf for r in hf.mapping_table(config)["top"]}
+    assert rules["rm_head.weight"] == ("score.weight",)
+    assert rules["output_layer.weight"] == ("model.embed_tokens.weight",)  # no lm_head in a classifier
+    with pytest.raises(hf.UnsupportedModel, match="export.head=attributes"):
+        hf_export.imported_reward_model_config(OmegaConf.create({}), {"nemo_hs2": {"head": "reward"}}, "D/config.json")
+
+
 # ------------------------------------------------------------------------------------------------ parity
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=ROOT)
 
@@ -93,7 +102,7 @@ def parity(tmp_path_factory):
     (tmp / "rb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rewardbench_test_rows()))
     demo_helpsteer2_file(tmp / "hs2.jsonl")
     results = _worker(tmp, tmp / "parity.json", [*[a for f in FAMILIES for a in ("--family", f)],
-                                                  "--hf-chat", "llama31", "--evaluate", "llama31"])
+                                                  "--hf-chat", "llama31", "--evaluate", "llama31", "--round-trip"])
     return tmp, results
 
 
@@ -168,3 +177,13 @@ def test_evaluating_the_export_gives_the_nemo_numbers(parity):
     want, got = (json.loads((d / "helpsteer2.json").read_text())["metrics"] for d in (nemo_out, hf_out))
     for k in ("mse", "pairwise_acc/reward"):
         assert got[k] == pytest.approx(want[k], abs=TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_round_trip_import_of_the_export_scores_the_same(parity, family):
+    """examples/import_hf.py input=<attributes export>, then loaded with init.mode=reward_model, as RewardScorer."""
+    _, results = parity
+    rt = results[family]["round_trip"]
+    print(f"{family} round trip: reward {rt['reward_diff']:.2e} attributes {rt['attr_diff']:.2e}")
+    assert rt["reward_diff"] <= TOL and rt["attr_diff"] <= TOL

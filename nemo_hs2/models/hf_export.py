@@ -185,7 +185,7 @@ def export(model, output_dir: str, head: str = "attributes", dtype: str = "float
     tensors, bias = export_state_dict(model.model, causal, len(tok), head, weights, DTYPES[dtype])
     labels = attributes if head == "attributes" else ["reward"]
     meta = {"head": head, "attributes": attributes, "reward_weights": dict(zip(attributes, weights.tolist())),
-            "template": c.get("template") or "steerlm", "source": source,
+            "template": c.get("template") or "steerlm", "system_prompt": c.get("system_prompt"), "source": source,
             "score_bias": None if bias is None else [float(x) for x in bias.tolist()],
             "end_of_response": "the last token of the chat template's text; read at the last non-pad token"}
     config = {k: v for k, v in causal.items() if k != "architectures"}
@@ -246,6 +246,32 @@ scores = model(**batch).logits
 """
 
 
+# ------------------------------------------------------------------------------------------------ import back
+def imported_reward_model_config(model_cfg, hf_config, where: str) -> None:
+    """Set the attributes, reward weights, template and system prompt of an exported directory being imported."""
+    from omegaconf import open_dict
+
+    meta = hf_config.get("nemo_hs2") or {}
+    if meta.get("head") != "attributes":
+        raise hf.UnsupportedModel(f"{where}: only an export.head=attributes export can be imported back (it has "
+                                  f"nemo_hs2.head={meta.get('head')!r}; a folded reward head has no attribute names)")
+    labels = [hf_config["id2label"][str(i)] if str(i) in hf_config["id2label"] else hf_config["id2label"][i]
+              for i in range(len(hf_config["id2label"]))]
+    with open_dict(model_cfg):
+        model_cfg.regression.attributes = labels
+        model_cfg.regression.reward_weights = dict(meta["reward_weights"])
+        model_cfg.template = meta.get("template") or "steerlm"
+        model_cfg.system_prompt = meta.get("system_prompt")
+
+
+def load_head_bias(model, hf_config) -> None:
+    """The head bias an export could not fold (Llama); zero where it was folded into the final norm (Nemotron)."""
+    bias = (hf_config.get("nemo_hs2") or {}).get("score_bias")
+    with torch.no_grad():
+        head = model.model.rm_head.bias
+        head.copy_(torch.tensor(bias, dtype=head.dtype) if bias is not None else torch.zeros_like(head))
+
+
 def run(cfg: DictConfig) -> dict:
     """``examples/export_hf.py``: load the ``.nemo`` at TP = PP = 1 on CPU and write the HF directory."""
     started = time.time()
@@ -258,8 +284,13 @@ def run(cfg: DictConfig) -> dict:
     head, dtype = str(exp.get("head", "attributes")), str(exp.get("dtype", "float32"))
     if head not in HEADS or dtype not in DTYPES:  # before the model loads
         raise ValueError(f"export.head={head!r} (one of {HEADS}), export.dtype={dtype!r} (one of {sorted(DTYPES)})")
-    from nemo_hs2.models.loading import load_reward_model
+    from nemo_hs2.models.loading import checkpoint_config, load_reward_model
 
+    library = (checkpoint_config(checkpoint).get("tokenizer") or {}).get("library")
+    if library != "huggingface":  # before the model loads
+        raise hf.UnsupportedModel(f"{checkpoint}: model.tokenizer.library={library!r}: export needs a checkpoint with "
+                                  "a Hugging Face fast tokenizer (one imported with examples/import_hf.py); the "
+                                  "demo's byte-level tokenizer has no Hugging Face counterpart")
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.get("trainer") else None
     model = load_reward_model(checkpoint, trainer, {"tensor_model_parallel_size": 1,
                                                     "pipeline_model_parallel_size": 1})

@@ -44,6 +44,7 @@ def main():
     p.add_argument("--hf-chat", action="append", default=[], help="families trained with template=hf_chat")
     p.add_argument("--evaluate", action="append", default=[], help="NAME: also evaluate its .nemo on RewardBench "
                    "(rb.jsonl), RewardBench 2 and HelpSteer2 rows (hs2.jsonl) under --tmp, into NAME/eval_nemo")
+    p.add_argument("--round-trip", action="store_true", help="import the attributes export back and score it")
     p.add_argument("--nemo", action="append", default=[], help="NAME=RM.nemo: an already trained reward model "
                    "(any saved TP / PP layout) instead of an imported family")
     args = p.parse_args()
@@ -108,6 +109,15 @@ def main():
                 raw = scorer.predict_tokens([scorer.tokenize(c) for c in convs]) - scorer.bias
                 entry["raw_logit_offset"] = float(np.abs(raw @ scorer.weights - want_reward).max())
             r[head] = entry
+        if args.round_trip:  # the attributes export imported back (examples/import_hf.py) scores the same
+            back = os.path.join(tmp, "round_trip.nemo")
+            with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+                import_hf(compose(config_name="import_hf", overrides=[f"input={os.path.join(tmp, 'hf_attributes')}",
+                                                                     f"output={back}"]))
+            again = RewardScorer(load_reward_model(back), batch_size=8).score(convs)
+            r["round_trip"] = {"reward_diff": float(np.abs(np.array([g["reward"] for g in again]) - want_reward).max()),
+                               "attr_diff": float(np.abs(np.array([[g["attributes"][a] for a in nemo.attributes]
+                                                                   for g in again]) - want_pred).max())}
         if family in args.evaluate:
             from nemo_hs2.evaluation.run import run as evaluate
 
