@@ -177,6 +177,14 @@ def test_evaluating_the_export_gives_the_nemo_numbers(parity):
     want, got = (json.loads((d / "helpsteer2.json").read_text())["metrics"] for d in (nemo_out, hf_out))
     for k in ("mse", "pairwise_acc/reward"):
         assert got[k] == pytest.approx(want[k], abs=TOL)
+    # The reward-head export (what RewardBench's own scripts would load) gives the same RewardBench result.
+    from nemo_hs2.evaluation.run import run
+
+    reward_out = tmp / "eval_hf_reward"
+    run(OmegaConf.create({"hf_model": str(tmp / "llama31" / "hf_reward"), "output_dir": str(reward_out),
+                          "progress": False, "rewardbench": {"file": str(tmp / "rb.jsonl")}}))
+    want, got = (json.loads((d / "rewardbench.json").read_text()) for d in (nemo_out, reward_out))
+    assert got["sections"] == pytest.approx(want["sections"], abs=TOL) and got["rows"] == want["rows"]
 
 
 @pytest.mark.slow
