@@ -35,19 +35,20 @@ def check_init(cfg: DictConfig) -> None:
         return
     if not os.path.exists(path):
         raise FileNotFoundError(f"init.restore_from_path={path} does not exist")
+    layout = init.get("head_layout")
+    if layout is not None and mode != "reward_model":
+        raise ValueError("init.head_layout names a checkpoint's head outputs, so it needs init.mode=reward_model")
     from nemo_aligner.utils.utils import load_checkpoint_model_config
 
     from nemo_hs2.models import checkpoint_config
 
     # the architecture comes from the checkpoint: contradicting overrides fail here, before any process group
-    checkpoint_config.resolve(cfg.model, load_checkpoint_model_config(path), path, *checkpoint_config.explicit_choices())
-    layout = init.get("head_layout")
-    if layout is not None and mode != "reward_model":
-        raise ValueError("init.head_layout names a checkpoint's head outputs, so it needs init.mode=reward_model")
+    saved = load_checkpoint_model_config(path)
+    checkpoint_config.resolve(cfg.model, saved, path, *checkpoint_config.explicit_choices())
     if mode == "reward_model":
         from nemo_hs2.models.head_layout import head_attributes
 
-        head_attributes(load_checkpoint_model_config(path).get("regression"), path, layout,
+        head_attributes(saved.get("regression"), path, layout,
                         list(cfg.model.regression.attributes))
 
 

@@ -53,7 +53,8 @@ def _common(cfg: Mapping, where: str) -> dict:
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     attention_bias, mlp_bias = bool(cfg.get("attention_bias", False)), bool(cfg.get("mlp_bias", False))
     if attention_bias != mlp_bias:  # megatron-core has one switch (add_bias_linear) for every linear layer
-        raise UnsupportedModel(f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias}: Megatron needs both equal")
+        raise UnsupportedModel(f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias}: Megatron needs "
+                               "both equal")
     return {
         "num_layers": cfg["num_hidden_layers"], "hidden_size": cfg["hidden_size"],
         "ffn_hidden_size": cfg["intermediate_size"], "num_attention_heads": heads,

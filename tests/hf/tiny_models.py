@@ -47,8 +47,8 @@ def config(family: str, vocab_size: int):
                               partial_rotary_factor=0.5, norm_eps=1e-5, rope_theta=10000.0, hidden_act="relu2",
                               tie_word_embeddings=False)
     extra = {"rope_scaling": LLAMA31_SCALING, "max_position_embeddings": 131072} if family == "llama31" else {}
-    return LlamaConfig(**{**common, "architectures": ["LlamaForCausalLM"], **extra}, intermediate_size=96, rope_theta=500000.0,
-                       rms_norm_eps=1e-5, tie_word_embeddings=family == "llama_tied")
+    return LlamaConfig(**{**common, "architectures": ["LlamaForCausalLM"], **extra}, intermediate_size=96,
+                       rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=family == "llama_tied")
 
 
 def write(family: str, directory: str, seed: int = 0) -> str:

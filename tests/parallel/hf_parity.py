@@ -26,7 +26,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     p.add_argument("--model", action="append", default=[], help="NAME=NEMO:HF_DIR")
-    p.add_argument("--import-first", action="store_true", help="import each HF_DIR to NEMO here first (TP=PP=1) where NEMO does not exist yet")
+    p.add_argument("--import-first", action="store_true",
+                   help="import each HF_DIR to NEMO here first (TP=PP=1) where NEMO does not exist yet")
     p.add_argument("--text", action="append", default=[], help="score these sentences (tokenized by the packed "
                    "tokenizer) instead of random ids; HF_DIR may then be a .gguf file")
     p.add_argument("overrides", nargs="*")
