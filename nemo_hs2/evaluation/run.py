@@ -38,6 +38,14 @@ def make_scorer(model, cfg):
                         batch_size=int(cfg.get("batch_size") or 8), max_length=cfg.get("max_length"))
 
 
+def hf_scorer(cfg):
+    """A scorer over an exported Hugging Face directory (``hf_model=D``, examples/export_hf.py): the stock class."""
+    from nemo_hs2.models.hf_scorer import HFRewardScorer
+
+    return HFRewardScorer(str(cfg.hf_model), batch_size=int(cfg.get("batch_size") or 8),
+                          max_length=cfg.get("max_length"), weights=reward_weights(None, cfg.get("reward_weights")))
+
+
 def load_model(cfg):
     from nemo_hs2.models.loading import load_reward_model
 
@@ -65,6 +73,10 @@ def run(cfg, model=None) -> dict:
         raise ValueError("output_dir is required")
     output_dir = str(cfg.output_dir)
     out.check_outputs([os.path.join(output_dir, f) for f in RESULT_FILES], [rb_file, rb2_file, hs2_file])
+    if bool(cfg.get("checkpoint")) == bool(cfg.get("hf_model")):
+        raise ValueError("give exactly one of checkpoint=RM.nemo and hf_model=DIR (an examples/export_hf.py export)")
+    label = str(cfg.get("checkpoint") or cfg.hf_model)
+    scorer = hf_scorer(cfg) if cfg.get("hf_model") else None
 
     rows = rows2 = examples = None
     if rb_file:
@@ -79,30 +91,35 @@ def run(cfg, model=None) -> dict:
         from nemo_hs2.data.sources import read_examples
         from nemo_hs2.models.loading import checkpoint_config
 
-        wanted = ((cfg.get("model") or {}).get("regression") or {}).get("attributes")
-        attributes = list(checkpoint_config(cfg.checkpoint, cfg.get("head_layout"), wanted).regression.attributes) \
-            if model is None else list(model.attributes)
+        if scorer is not None:
+            if scorer.head != "attributes":
+                raise ValueError(f"helpsteer2.file needs per-attribute outputs: hf_model={cfg.hf_model} was exported "
+                                 "with export.head=reward")
+            attributes = list(scorer.attributes)
+        else:
+            wanted = ((cfg.get("model") or {}).get("regression") or {}).get("attributes")
+            attributes = list(checkpoint_config(cfg.checkpoint, cfg.get("head_layout"), wanted).regression.attributes) \
+                if model is None else list(model.attributes)
         examples, skipped = read_examples(str(hs2_file), attributes, tuple(hs2_cfg.get("score_range", (0, 4))),
                                           hs2_cfg.get("on_bad_row", "error"))
         log.info(f"HelpSteer2: {len(examples)} rows from {hs2_file}, skipped {dict(skipped)}")
 
-    if model is None:
-        model = load_model(cfg)
-    scorer = make_scorer(model, cfg)
+    if scorer is None:
+        scorer = make_scorer(load_model(cfg) if model is None else model, cfg)
     main = _main_rank()
     progress = bool(cfg.get("progress", True)) and main
-    summary = {"checkpoint": str(cfg.checkpoint), "output_dir": output_dir, "files": []}
+    summary = {"checkpoint": label, "output_dir": output_dir, "files": []}
     rb_summary = rb2_summary = hs2 = plots = None
     written = []
 
     if rows is not None:
         rb_summary, records = rb.evaluate(scorer, rows, progress=progress,
                                           prior_weight=float(cfg.rewardbench.get("prior_weight") or 0.0))
-        rb_summary = {"checkpoint": str(cfg.checkpoint), "source": str(rb_file), **rb_summary}
+        rb_summary = {"checkpoint": label, "source": str(rb_file), **rb_summary}
         if main:
             written.append(out.write_json(os.path.join(output_dir, "rewardbench.json"), rb_summary))
             written.append(out.write_text(os.path.join(output_dir, "rewardbench.md"),
-                                          f"# RewardBench: `{cfg.checkpoint}`\n\n{rb.describe(rb_summary)}\n\n"
+                                          f"# RewardBench: `{label}`\n\n{rb.describe(rb_summary)}\n\n"
                                           + rb.markdown(rb_summary)))
             if cfg.rewardbench.get("save_scores", True):
                 written.append(out.write_jsonl(os.path.join(output_dir, "rewardbench_scores.jsonl"), records))
@@ -111,11 +128,11 @@ def run(cfg, model=None) -> dict:
 
     if rows2 is not None:
         rb2_summary, records2 = rb2.evaluate(scorer, rows2, progress=progress)
-        rb2_summary = {"checkpoint": str(cfg.checkpoint), "source": str(rb2_file), **rb2_summary}
+        rb2_summary = {"checkpoint": label, "source": str(rb2_file), **rb2_summary}
         if main:
             written.append(out.write_json(os.path.join(output_dir, "rewardbench2.json"), rb2_summary))
             written.append(out.write_text(os.path.join(output_dir, "rewardbench2.md"),
-                                          f"# RewardBench 2: `{cfg.checkpoint}`\n\n{rb2.describe(rb2_summary)}\n\n"
+                                          f"# RewardBench 2: `{label}`\n\n{rb2.describe(rb2_summary)}\n\n"
                                           + rb2.markdown(rb2_summary)))
             if rb2_cfg.get("save_scores", True):
                 written.append(out.write_jsonl(os.path.join(output_dir, "rewardbench2_scores.jsonl"), records2))
@@ -130,7 +147,7 @@ def run(cfg, model=None) -> dict:
                 written += [os.path.join(output_dir, p) for p in
                             [*plots["pred_vs_true"].values(), plots["score_distributions"]]]
             written.append(out.write_json(os.path.join(output_dir, "helpsteer2.json"),
-                                          {"checkpoint": str(cfg.checkpoint), "source": str(hs2_file),
+                                          {"checkpoint": label, "source": str(hs2_file),
                                            **report.json_ready(hs2), "plots": plots}))
             preds = [{"line": e.line, "pair_id": e.pair_id, "reward": float(r),
                       "pred": dict(zip(hs2["attributes"], p.tolist())),
@@ -143,7 +160,7 @@ def run(cfg, model=None) -> dict:
 
     if main:
         written.append(out.write_text(os.path.join(output_dir, "report.md"), report.report_markdown(
-            str(cfg.checkpoint), rb_summary, str(rb_file) if rb_file else None, hs2,
+            label, rb_summary, str(rb_file) if rb_file else None, hs2,
             str(hs2_file) if hs2_file else None, plots, rb2_summary, str(rb2_file) if rb2_file else None)))
     summary["files"] = written
     summary["wall_time_s"] = round(time.time() - started, 1)

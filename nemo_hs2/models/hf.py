@@ -183,11 +183,20 @@ FAMILIES = {
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+# A reward model exported by examples/export_hf.py reads back as its backbone's family, ``score`` as the head.
+SEQ_CLASSIFIERS = {"LlamaForSequenceClassification": "LlamaForCausalLM",
+                   "NemotronForSequenceClassification": "NemotronForCausalLM"}
+
+
+def is_reward_model(hf_config: Mapping) -> bool:
+    return (hf_config.get("architectures") or [None])[0] in SEQ_CLASSIFIERS
+
+
 def family_of(hf_config: Mapping, where: str = "config.json") -> Family:
-    archs = hf_config.get("architectures") or [None]
+    archs = [SEQ_CLASSIFIERS.get(a, a) for a in hf_config.get("architectures") or [None]]
     if len(archs) != 1 or archs[0] not in FAMILIES:
         raise UnsupportedModel(f"{where}: architecture {archs} is not supported; nemo_hs2 imports "
-                               f"{sorted(FAMILIES)}")
+                               f"{sorted(FAMILIES)} and their exported *ForSequenceClassification")
     return FAMILIES[archs[0]]
 
 
@@ -199,7 +208,11 @@ def nemo_arch_config(hf_config: Mapping, where: str = "config.json") -> dict:
 def mapping_table(hf_config: Mapping, where: str = "config.json") -> dict[str, list[Rule]]:
     fam = family_of(hf_config, where)
     arch = fam.arch(hf_config, where)
-    return _table(fam.gated, fam.norm_bias, arch["bias"], arch["share_embeddings_and_output_weights"])
+    if not is_reward_model(hf_config):
+        return _table(fam.gated, fam.norm_bias, arch["bias"], arch["share_embeddings_and_output_weights"])
+    # No LM head: the (unused) output layer gets the embedding, as for a tied model.
+    table = _table(fam.gated, fam.norm_bias, arch["bias"], True)
+    return {**table, "top": [*table["top"], Rule("rm_head.weight", ("score.weight",))]}
 
 
 def expand(table: Mapping[str, list[Rule]], num_layers: int) -> dict[str, Rule]:

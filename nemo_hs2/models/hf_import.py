@@ -163,6 +163,10 @@ def run(cfg: DictConfig) -> dict:
         files = hf_tokenizer.stage(tok, os.path.join(staging, "tokenizer"))
         run_cfg = OmegaConf.create({"trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
                                     "model": model_config(cfg, arch, files), "exp_manager": None})
+        if hf.is_reward_model(config):  # an examples/export_hf.py directory: its attributes, weights, template
+            from nemo_hs2.models import hf_export
+
+            hf_export.imported_reward_model_config(run_cfg.model, config, where)
         torch.manual_seed(int(run_cfg.model.seed))
         trainer = resolve_and_create_trainer(run_cfg, "rm")
         model = AttributeRewardModel(run_cfg.model, trainer)
@@ -171,7 +175,11 @@ def run(cfg: DictConfig) -> dict:
         if int(config["vocab_size"]) > model.padded_vocab_size:
             raise hf.UnsupportedModel(f"{where}: vocab_size={config['vocab_size']} exceeds the padded tokenizer "
                                       f"vocabulary {model.padded_vocab_size}")
-        counts = hf.import_weights(model.model, source, config)
+        if hf.is_reward_model(config):
+            counts = hf.import_weights(model.model, source, config, skip_prefixes=("rm_head.bias",))
+            hf_export.load_head_bias(model, config)
+        else:
+            counts = hf.import_weights(model.model, source, config)
         built = time.time()
         model.save_to(output)
     report = {"output": output, "source": where, "architecture": config["architectures"][0],

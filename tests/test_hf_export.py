@@ -1,0 +1,197 @@
+"""Hugging Face export: the stock transformers classes score exported reward models as RewardScorer does.
+
+The parity worker (tests/parallel/hf_export_parity.py) imports tiny random Llama 3 / Llama 3.1 / Nemotron models,
+gives them a random head with a nonzero bias, saves and reloads the RM .nemo, exports both head modes and compares
+``AutoModelForSequenceClassification`` (through its chat template, right padding and its own last-token read) with
+``nemo_hs2.inference.RewardScorer`` on 24 conversations (1-3 turns, 60-700 tokens, batches of 8 with padding).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from nemo_hs2.data.template import DEFAULT_SYSTEM
+from nemo_hs2.inference import conversation_to_text
+from nemo_hs2.models import hf, hf_export
+from tests.hf import tiny_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "parallel", "hf_export_parity.py")
+TOL = 1e-4
+FAMILIES = ("llama3", "llama31", "nemotron")
+
+
+# ------------------------------------------------------------------------------------------------ fast
+def test_steerlm_chat_template_renders_the_training_text():
+    tok = tiny_models.tokenizer()
+    tok.chat_template = hf_export.steerlm_chat_template(DEFAULT_SYSTEM)
+    convs = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+             [{"role": "system", "content": "Be brief.\n"}, {"role": "user", "content": " a\n"},
+              {"role": "assistant", "content": "b "}, {"role": "user", "content": "c"},
+              {"role": "assistant", "content": "  d\n\n"}]]
+    for conv in convs:
+        assert tok.apply_chat_template(conv, tokenize=False) == "".join(conversation_to_text(conv))
+
+
+def _nemo_cfg(**kw):
+    return OmegaConf.create({"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 96, "num_attention_heads": 4,
+                             "num_query_groups": 2, "kv_channels": 16, "normalization": "rmsnorm",
+                             "layernorm_epsilon": 1e-5, "activation": "fast-swiglu", "bias": False,
+                             "position_embedding_type": "rope", "rotary_percentage": 1.0, "rotary_base": 500000.0,
+                             "rotary_interleaved": False, "scale_positional_embedding": True,
+                             "max_position_embeddings": 131072, "mcore_gpt": True, **kw})
+
+
+def test_architecture_round_trips_through_the_importer_reading():
+    out = hf_export.hf_causal_config(_nemo_cfg())
+    assert out["architectures"] == ["LlamaForCausalLM"] and out["rope_scaling"]["rope_type"] == "llama3"
+    assert hf.nemo_arch_config(out)["num_query_groups"] == 2
+
+
+@pytest.mark.parametrize("change, field", [({"activation": "gelu"}, "activation"),
+                                           ({"rotary_interleaved": True}, "rotary_interleaved"),
+                                           ({"rotary_percentage": 0.5}, "rotary_percentage")])
+def test_unrepresentable_architecture_is_refused_naming_the_field(change, field):
+    with pytest.raises(hf.UnsupportedModel, match=field):
+        hf_export.hf_causal_config(_nemo_cfg(**change))
+
+
+def test_byte_level_tokenizer_is_refused():
+    class Model:
+        tokenizer = object()
+        cfg = OmegaConf.create({"tokenizer": {"library": "byte-level"}})
+
+    with pytest.raises(hf.UnsupportedModel, match="byte-level tokenizer has no Hugging Face counterpart"):
+        hf_export.export_tokenizer(Model())
+
+
+def test_exported_classifier_reads_back_as_its_family_with_the_score_as_head():
+    config = {**hf_export.hf_causal_config(_nemo_cfg()), "architectures": ["LlamaForSequenceClassification"]}
+    rules = {r.megatron: r.hf for r in hf.mapping_table(config)["top"]}
+    assert rules["rm_head.weight"] == ("score.weight",)
+    assert rules["output_layer.weight"] == ("model.embed_tokens.weight",)  # no lm_head in a classifier
+    with pytest.raises(hf.UnsupportedModel, match="export.head=attributes"):
+        hf_export.imported_reward_model_config(OmegaConf.create({}), {"nemo_hs2": {"head": "reward"}}, "D/config.json")
+
+
+# ------------------------------------------------------------------------------------------------ parity
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=ROOT)
+
+
+def _run(cmd, timeout=900):
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _worker(tmp, out, args):
+    _run([sys.executable, WORKER, "--out", str(out), "--tmp", str(tmp), *args])
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    from tests.test_rewardbench import demo_helpsteer2_file, rewardbench_test_rows
+
+    tmp = tmp_path_factory.mktemp("export")
+    (tmp / "rb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rewardbench_test_rows()))
+    demo_helpsteer2_file(tmp / "hs2.jsonl")
+    results = _worker(tmp, tmp / "parity.json", [*[a for f in FAMILIES for a in ("--family", f)],
+                                                  "--hf-chat", "llama31", "--evaluate", "llama31", "--round-trip"])
+    return tmp, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head", hf_export.HEADS)
+def test_exported_model_scores_as_the_nemo(parity, family, head):
+    _, parity = parity
+    r = parity[family]
+    e = r[head]
+    print(f"{family} {head} ({r['template']}): reward {e['reward_diff']:.2e} attributes {e.get('attr_diff')}")
+    assert r["conversations"] >= 20 and len(r["tokens"]) >= 20  # different lengths, padded in batches
+    assert e["class"] == {"nemotron": "NemotronForSequenceClassification"}.get(family, "LlamaForSequenceClassification")
+    assert e["same_tokens"]  # the exported chat template renders what training tokenized
+    assert e["reward_diff"] <= TOL and e.get("attr_diff", 0.0) <= TOL
+    assert e["num_labels"] == (5 if head == "attributes" else 1)
+    assert max(abs(b) for b in r["bias"]) > 0.1  # the head bias is really exercised
+    if family == "nemotron":
+        assert e["bias_folded"]  # into the final LayerNorm1P bias: the logits are the scores
+    else:  # RMSNorm has no bias and the HF score layer none: the raw logits are off by the recorded bias
+        assert not e["bias_folded"] and e["raw_logit_offset"] > 1e-2
+    assert parity["llama31"]["template"] == "hf_chat" and parity["llama3"]["template"] == "steerlm"
+
+
+def _check(r, head):
+    e = r[head]
+    assert e["same_tokens"] and e["reward_diff"] <= TOL and e.get("attr_diff", 0.0) <= TOL, (head, r)
+
+
+@pytest.mark.slow
+def test_tp2_and_pp2_trained_sources_are_merged_on_export(parity):
+    """A few training steps at TP=2 (Llama 3) and PP=2 (Nemotron) from the imported models, then export."""
+    tmp, _ = parity
+    nemos = []
+    for family, layout, port in (("llama3", "model.tensor_model_parallel_size=2", 29941),
+                                 ("nemotron", "model.pipeline_model_parallel_size=2", 29942)):
+        log_dir = tmp / f"train_{family}"
+        _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+              os.path.join(ROOT, "examples", "train_reward_model.py"), "trainer.devices=2", layout,
+              f"init.restore_from_path={tmp / family / 'base.nemo'}", "trainer.rm.max_steps=2",
+              "trainer.rm.val_check_interval=2", "trainer.rm.save_interval=2", "data.demo.train_prompts=16",
+              "data.demo.validation_prompts=4", f"exp_manager.explicit_log_dir={log_dir}"])
+        layout_seen = json.loads((log_dir / "metrics.json").read_text())["layout"]
+        assert layout_seen["tp" if "tensor" in layout else "pp"] == 2
+        nemos += ["--nemo", f"{family}_trained={log_dir / 'checkpoints' / 'hs2_reward_model.nemo'}"]
+    results = _worker(tmp, tmp / "trained.json", nemos)
+    for name, r in results.items():
+        for head in hf_export.HEADS:
+            print(f"{name} {head}: reward {r[head]['reward_diff']:.2e} attributes {r[head].get('attr_diff')}")
+            _check(r, head)
+
+
+@pytest.mark.slow
+def test_evaluating_the_export_gives_the_nemo_numbers(parity):
+    """examples/evaluate_reward_model.py hf_model=D on the files the worker evaluated the .nemo on."""
+    tmp, _ = parity
+    nemo_out, hf_out = tmp / "llama31" / "eval_nemo", tmp / "eval_hf"
+    _run([sys.executable, os.path.join(ROOT, "examples", "evaluate_reward_model.py"),
+          f"hf_model={tmp / 'llama31' / 'hf_attributes'}", f"rewardbench.file={tmp / 'rb.jsonl'}",
+          f"rewardbench2.file={os.path.join(ROOT, 'tests', 'data', 'rewardbench2_sample.jsonl')}",
+          f"helpsteer2.file={tmp / 'hs2.jsonl'}", "helpsteer2.plots=false", f"output_dir={hf_out}"], timeout=600)
+    for name, keys in (("rewardbench.json", ("overall", "sections", "rows")),
+                       ("rewardbench2.json", ("overall", "subset_scores", "rows"))):
+        want, got = (json.loads((d / name).read_text()) for d in (nemo_out, hf_out))
+        for k in keys:  # accuracies exactly; RewardBench 2's Ties term is a raw margin, equal to the tolerance
+            assert got[k] == (want[k] if k == "rows" else pytest.approx(want[k], abs=TOL)), (name, k)
+    for name, field in (("rewardbench_scores.jsonl", ("reward_chosen", "reward_rejected")),):
+        want, got = ([json.loads(x) for x in (d / name).read_text().splitlines()] for d in (nemo_out, hf_out))
+        assert len(want) == len(got) > 10
+        for a, b in zip(want, got):
+            assert a["id"] == b["id"] and all(abs(a[f] - b[f]) <= TOL for f in field)
+    want, got = (json.loads((d / "helpsteer2.json").read_text())["metrics"] for d in (nemo_out, hf_out))
+    for k in ("mse", "pairwise_acc/reward"):
+        assert got[k] == pytest.approx(want[k], abs=TOL)
+    # The reward-head export (what RewardBench's own scripts would load) gives the same RewardBench result.
+    from nemo_hs2.evaluation.run import run
+
+    reward_out = tmp / "eval_hf_reward"
+    run(OmegaConf.create({"hf_model": str(tmp / "llama31" / "hf_reward"), "output_dir": str(reward_out),
+                          "progress": False, "rewardbench": {"file": str(tmp / "rb.jsonl")}}))
+    want, got = (json.loads((d / "rewardbench.json").read_text()) for d in (nemo_out, reward_out))
+    assert got["sections"] == pytest.approx(want["sections"], abs=TOL) and got["rows"] == want["rows"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_round_trip_import_of_the_export_scores_the_same(parity, family):
+    """examples/import_hf.py input=<attributes export>, then loaded with init.mode=reward_model, as RewardScorer."""
+    _, results = parity
+    rt = results[family]["round_trip"]
+    print(f"{family} round trip: reward {rt['reward_diff']:.2e} attributes {rt['attr_diff']:.2e}")
+    assert rt["reward_diff"] <= TOL and rt["attr_diff"] <= TOL
