@@ -238,7 +238,8 @@ def evaluate(scorer, rows: Sequence[Row], progress: bool = True, prior_weight: f
 
 
 # ------------------------------------------------------------------------------------------------------ output
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A score in percent for the report tables; ``missing`` for an absent (None / NaN) one."""
     return "missing" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
@@ -247,15 +248,15 @@ def markdown(summary: Mapping) -> str:
     lines = ["| Section | Score | Subsets present |", "|---|---:|---:|"]
     for section in SECTIONS:
         present = sum(1 for s in SUBSET_MAPPING[section] if s in summary["subsets"])
-        lines.append(f"| {section} | {_pct(summary['sections'][section])} | {present}/{len(SUBSET_MAPPING[section])} |")
+        lines.append(f"| {section} | {percent(summary['sections'][section])} | {present}/{len(SUBSET_MAPPING[section])} |")
     overall = summary["overall"]
     note = "" if overall is not None else " (needs all four sections)"
-    lines += [f"| **Overall** | **{_pct(overall)}**{note} | |", "",
+    lines += [f"| **Overall** | **{percent(overall)}**{note} | |", "",
               "| Subset | Section | Correct | Total | Accuracy |", "|---|---|---:|---:|---:|"]
     for subset, v in summary["subsets"].items():
-        lines.append(f"| {subset} | {v['section']} | {v['correct']} | {v['total']} | {_pct(v['accuracy'])} |")
+        lines.append(f"| {subset} | {v['section']} | {v['correct']} | {v['total']} | {percent(v['accuracy'])} |")
     for subset, v in summary["unknown_subsets"].items():
-        lines.append(f"| {subset} | unknown (no section) | {v['correct']} | {v['total']} | {_pct(v['accuracy'])} |")
+        lines.append(f"| {subset} | unknown (no section) | {v['correct']} | {v['total']} | {percent(v['accuracy'])} |")
     return "\n".join(lines) + "\n"
 
 

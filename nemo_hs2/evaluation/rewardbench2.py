@@ -20,7 +20,6 @@ completions of a row are scored once, so they tie exactly whatever batch they wo
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections import defaultdict
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from nemo_hs2.evaluation.rewardbench import percent
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 HUB_DATASET = "allenai/reward-bench-2"
@@ -269,19 +270,15 @@ def evaluate(scorer, rows: Sequence[Row], progress: bool = True) -> tuple[dict, 
 
 
 # ------------------------------------------------------------------------------------------------------ output
-def _pct(value: float | None) -> str:
-    return "missing" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
 def markdown(summary: Mapping) -> str:
     lines = ["| Subset | Score | Rows |", "|---|---:|---:|"]
     for subset in SUBSETS:
         entry = summary["subsets"].get(subset)
-        lines.append(f"| {subset} | {_pct(entry['score'] if entry else None)} | {entry['rows'] if entry else 0} |")
+        lines.append(f"| {subset} | {percent(entry['score'] if entry else None)} | {entry['rows'] if entry else 0} |")
     note = "" if summary["overall"] is not None else " (needs all six subsets)"
-    lines.append(f"| **Overall** | **{_pct(summary['overall'])}**{note} | {summary['rows']} |")
+    lines.append(f"| **Overall** | **{percent(summary['overall'])}**{note} | {summary['rows']} |")
     for subset, entry in summary["unknown_subsets"].items():
-        lines.append(f"| {subset} (unknown, not in the overall) | {_pct(entry['score'])} | {entry['rows']} |")
+        lines.append(f"| {subset} (unknown, not in the overall) | {percent(entry['score'])} | {entry['rows']} |")
     ties = summary["subsets"].get("Ties", {}).get("ties")
     if ties:
         lines += ["", "| Ties term (0..1; margin -1..1) | Value | Weight |", "|---|---:|---:|"]
