@@ -15,7 +15,7 @@ between them) and trains one model for the same steps on the same rows (the shar
   is what nemo_hs2 did under PP before per-micro-batch widths.
 
 All modes use the same ``AttributeRewardModel`` training step (forward, backward, AdamW step) and the same batches
-of row indices, drawn by the training sampler: length-grouped (``data.length_grouped``'s default) or random
+of row indices, drawn by the training sampler: length-grouped (``data.length_grouped=true``) or random
 (``--no-length-grouped``). Real tokens are the rows' own tokens (the stock dataset's replacement rows count as real:
 it trains on them); padded tokens are what the model ran on. Under PP the cost of the shape exchange is measured
 separately (megatron-core's own exchange, timed in a loop between the stages). On CUDA it also reports TFLOP/s and
@@ -420,7 +420,7 @@ def parse_args(argv):
     p.add_argument("--pp", type=int, nargs="+", default=[1, 2], help="pipeline sizes to run, one layout each")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--length-grouped", action=argparse.BooleanOptionalAction, default=True,
-                   help="draw batches with the length-grouped sampler (data.length_grouped's default) or randomly")
+                   help="draw batches with the length-grouped sampler (data.length_grouped=true) or randomly")
     p.add_argument("--batch-width", action="store_true", help="also run ours at batch width under PP")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)

@@ -350,8 +350,8 @@ def test_plan_reads_the_data_report(tmp_path):
     c = p.compute
     # random batches, 2 rows per micro-batch: P(both <= 512) = 0.36
     assert c["expected_padded_length"] == pytest.approx(0.36 * 512 + 0.64 * 1024)
-    # length-grouped batches (the default): each row pads to about its own length
-    grouped = plan("+recipe=hs2_llama3_70b", CKPT, data_report=str(report)).compute
+    # length-grouped batches: each row pads to about its own length
+    grouped = plan("+recipe=hs2_llama3_70b", CKPT, "data.length_grouped=true", data_report=str(report)).compute
     assert grouped["expected_padded_length"] == pytest.approx(0.6 * 512 + 0.4 * 1024)
     assert c["step_time_s"] < c["step_time_at_seq_length_s"] and c["train_rows"] == 1000
     table = planner.format_table(p)
