@@ -3,8 +3,11 @@
 The pinned stack (NeMo 2.1, megatron-core 0.10, NeMo-Aligner 0.7.0) assumes an NGC container: CUDA, NVIDIA
 apex and Transformer Engine.  Our CPU machines have none of them, so each patch below fixes one assumption and
 is applied only when the thing it stands in for is missing.  On a GPU node with CUDA, apex and TE nothing from the
-CUDA/apex/TE groups is touched.  Two patches track the torch version rather than the hardware (checkpoint writer
-signature, ``weights_only`` default); they are keyed on the torch API they adapt, so an NGC torch skips them too.
+CUDA/apex/TE groups is touched.  The "torch" patches track the torch version rather than the hardware (checkpoint
+writer signature, ``weights_only`` default, load-time size checks); they are keyed on the torch API they adapt.
+The rest apply on any hardware: "nemo" fixes NeMo behaviour (an HF tokenizer inside a ``.nemo``), "process" ties
+mcore's checkpoint helper processes to the trainer, and "env" covers the environment (NGC variables; jieba/opencc,
+absent from the GPU device kit).
 
 Each patch names the package versions it was written against: a different version fails loudly instead of
 silently patching code that may have moved.  ``apply()`` is idempotent and must run before any NeMo model is built.
@@ -74,7 +77,7 @@ class Environment:
 @dataclasses.dataclass(frozen=True)
 class Patch:
     name: str
-    kind: str  # what is missing: "cuda", "apex", "te"; "env" / "torch": environment, torch API; "process": lifetimes
+    kind: str  # what is missing: "cuda", "apex", "te"; or "env", "torch", "nemo", "process" (see the module docstring)
     why: str
     needed: Callable[[Environment], bool]
     dists: tuple[str, ...]
