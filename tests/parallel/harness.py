@@ -41,6 +41,28 @@ def batch_rows(num_rows: int, attributes):
     return rows
 
 
+def one_step(model, batch):
+    """One validation forward and one training step on ``batch``: (val_loss, train_loss, predictions or None,
+    {parameter name: gradient} of this rank)."""
+    model.prepare_for_validation_step()
+    model.start_validation_collection()
+    val_loss, _ = model.get_loss_and_metrics(batch, forward_only=True)
+    arrays = model.finish_validation_collection()
+    model.finish_validation_step()
+    model.prepare_for_training_step()
+    for prm in model.model.parameters():
+        prm.grad = None
+    train_loss, _ = model.get_loss_and_metrics(batch, forward_only=False)
+    model.finish_training_step()
+    grads = {}
+    for name, prm in model.model.named_parameters():
+        g = getattr(prm, "main_grad", None)
+        g = prm.grad if g is None else g
+        if g is not None:
+            grads[name] = g.detach().clone()
+    return val_loss, train_loss, None if arrays is None else arrays["pred"], grads
+
+
 def fixed_width_check(model, batch):
     """Per-micro-batch widths vs every micro-batch at the batch's width, under PP: predictions, loss, all gradients.
 
@@ -55,23 +77,7 @@ def fixed_width_check(model, batch):
     runs = {}
     for variable in (True, False):
         model.variable_widths = variable
-        model.prepare_for_validation_step()
-        model.start_validation_collection()
-        val_loss, _ = model.get_loss_and_metrics(batch, forward_only=True)
-        arrays = model.finish_validation_collection()
-        model.finish_validation_step()
-        model.prepare_for_training_step()
-        for prm in model.parameters():
-            prm.grad = None
-        train_loss, _ = model.get_loss_and_metrics(batch, forward_only=False)
-        model.finish_training_step()
-        grads = {}
-        for name, prm in model.model.named_parameters():
-            g = getattr(prm, "main_grad", None)
-            g = prm.grad if g is None else g
-            if g is not None:
-                grads[name] = g.detach().clone()
-        runs[variable] = (val_loss, train_loss, None if arrays is None else arrays["pred"], grads)
+        runs[variable] = one_step(model, batch)
     model.variable_widths = True
     (v_val, v_train, v_pred, v_grads), (f_val, f_train, f_pred, f_grads) = runs[True], runs[False]
     assert v_grads.keys() == f_grads.keys() and v_grads
@@ -155,34 +161,18 @@ def main():
     # A Bradley-Terry micro-batch holds whole pairs; single-row micro-batches can only check the regression loss.
     for loss_name in LOSSES if rows_per_micro_batch % 2 == 0 else LOSSES[:1]:
         model.loss_name = loss_name
-        model.prepare_for_validation_step()
-        model.start_validation_collection()
-        val_loss, _ = model.get_loss_and_metrics(batch, forward_only=True)
-        arrays = model.finish_validation_collection()
-        model.finish_validation_step()
-
-        model.prepare_for_training_step()
-        for prm in module.parameters():
-            prm.grad = None
-        train_loss, _ = model.get_loss_and_metrics(batch, forward_only=False)
-        model.finish_training_step()
-        grads = {}
-        for name, prm in module.named_parameters():
-            g = getattr(prm, "main_grad", None)
-            g = prm.grad if g is None else g
-            if g is not None and global_name(name) in GRAD_PARAMS:
-                grads[global_name(name)] = g.detach().clone()
-        outputs[loss_name] = {"val_loss": val_loss, "train_loss": train_loss, "grads": grads,
-                              "pred": None if arrays is None else arrays["pred"]}
-        if loss_name == "regression" and arrays is not None:
+        val_loss, train_loss, pred, all_grads = one_step(model, batch)
+        grads = {global_name(n): g for n, g in all_grads.items() if global_name(n) in GRAD_PARAMS}
+        outputs[loss_name] = {"val_loss": val_loss, "train_loss": train_loss, "grads": grads, "pred": pred}
+        if loss_name == "regression" and pred is not None:
             # The absolute check: the loss the model reports against a masked MSE computed here in numpy from the
             # model's own predictions and the rows' labels (every present label of the global batch, equally
             # weighted), so a normaliser wrong in every layout alike is still caught.
             labels = np.stack([r["labels"] for r in rows]).astype(np.float64)
             present = ~np.isnan(labels)
-            err = np.where(present, arrays["pred"].astype(np.float64) - np.nan_to_num(labels), 0.0)
+            err = np.where(present, pred.astype(np.float64) - np.nan_to_num(labels), 0.0)
             absolute = {"val_loss": val_loss, "train_loss": train_loss,
-                        "numpy_mse": float((err ** 2).sum() / present.sum()), "rows": int(len(arrays["pred"]))}
+                        "numpy_mse": float((err ** 2).sum() / present.sum()), "rows": int(len(pred))}
 
     # Inference API: conversations through the same template/tokenizer as training, in odd-sized batches.
     examples = demo_examples(5, seed=3, split="validation")[:9]
