@@ -99,6 +99,21 @@ def _pairs(pair_ids) -> tuple[np.ndarray, np.ndarray]:
     return grouped[:, 0], grouped[:, 1]
 
 
+def unpair_incomplete(pair_ids) -> tuple[np.ndarray, int]:
+    """Pair ids with every id seen once set to -1, and how many pairs that cut.
+
+    A validation limited to some batches (``limit_val_batches`` < 1, ``drop_last``) can score one row of a pair
+    without the other; those rows still count for the per-attribute metrics but not as a pair.
+    """
+    ids = np.asarray(pair_ids).astype(np.int64).reshape(-1).copy()
+    unique, counts = np.unique(ids[ids >= 0], return_counts=True)
+    if (counts > 2).any():
+        raise ValueError(f"a pair id has more than 2 rows: {unique[counts > 2][:5].tolist()}")
+    alone = unique[counts == 1]
+    ids[np.isin(ids, alone)] = -1
+    return ids, int(alone.size)
+
+
 def _ordering_accuracy(pred_a, pred_b, true_a, true_b) -> tuple[float, int]:
     # Pairs with equal true scores have no order to get right; np.sign(0) == 0 makes a predicted tie count as
     # wrong for every remaining pair.

@@ -13,7 +13,7 @@ from nemo.collections.nlp.parts.utils_funcs import get_last_rank
 from nemo_aligner.algorithms.supervised import SupervisedTrainer
 
 from nemo_hs2.losses import bradley_terry_sum
-from nemo_hs2.metrics import pairwise_metrics, regression_metrics, strict_json
+from nemo_hs2.metrics import pairwise_metrics, regression_metrics, strict_json, unpair_incomplete
 from nemo_hs2.reward import resolve_weights
 
 
@@ -52,7 +52,9 @@ class RewardModelTrainer(SupervisedTrainer):
             attributes = self.model.attributes
             metrics = regression_metrics(arrays["pred"], arrays["target"], attributes, self.score_range)
             weights = resolve_weights(self.reward_weights, attributes)
-            metrics.update(pairwise_metrics(arrays["pred"], arrays["target"], arrays["pair_ids"], attributes, weights))
+            pair_ids, cut = unpair_incomplete(arrays["pair_ids"])
+            metrics.update(pairwise_metrics(arrays["pred"], arrays["target"], pair_ids, attributes, weights))
+            metrics["pairs/cut_by_limit"] = cut
             metrics["rows"] = int(len(arrays["pred"]))
             if self.model.loss_name != "regression":
                 metrics.update(preference_metrics(arrays, self.model.bt_weights.numpy(), self.model.bt_kind,

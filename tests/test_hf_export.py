@@ -60,13 +60,50 @@ def test_unrepresentable_architecture_is_refused_naming_the_field(change, field)
         hf_export.hf_causal_config(_nemo_cfg(**change))
 
 
-def test_byte_level_tokenizer_is_refused():
+def test_shards_hold_every_tensor_once_within_the_size_and_are_indexed(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = {f"t{i}": torch.full((n,), float(i)) for i, n in enumerate([100, 100, 300, 50, 50, 10])}
+    written = hf_export.write_shards(iter(tensors.items()), str(tmp_path), max_shard_bytes=800)  # fp32: 4 B each
+    # t0+t1 = 800 B; t2 (1200 B) alone above the limit; t3+t4+t5 = 440 B
+    assert written == {"shards": 3, "total_bytes": 610 * 4}
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == 610 * 4
+    files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert files == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert [sorted(k for k, f in index["weight_map"].items() if f == name) for name in files] == [
+        ["t0", "t1"], ["t2"], ["t3", "t4", "t5"]]
+    back = {k: v for name in files for k, v in load_file(str(tmp_path / name)).items()}
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], tensors[k]) for k in tensors)
+
+    one = tmp_path / "one"
+    one.mkdir()
+    assert hf_export.write_shards(iter(tensors.items()), str(one), 2**30)["shards"] == 1
+    assert sorted(p.name for p in one.iterdir()) == ["model.safetensors"]
+
+
+def test_tokenizer_without_a_hugging_face_form_is_refused():
     class Model:
         tokenizer = object()
-        cfg = OmegaConf.create({"tokenizer": {"library": "byte-level"}})
+        cfg = OmegaConf.create({"tokenizer": {"library": "sentencepiece"}})
 
-    with pytest.raises(hf.UnsupportedModel, match="byte-level tokenizer has no Hugging Face counterpart"):
+    with pytest.raises(hf.UnsupportedModel, match="library='sentencepiece'"):
         hf_export.export_tokenizer(Model())
+
+
+def test_byte_level_tokenizer_gives_nemos_byte_level_ids():
+    from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
+
+    nemo, tok = ByteLevelTokenizer(), hf_export.byte_level_tokenizer()
+    texts = ["plain ascii", "<extra_id_0>System\nA chat.\n<extra_id_1>User\nHi?\n", "  two  spaces\ttab",
+             "naïve café — 東京 🙂", "\x00\x01\x7f control"]
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert ids == nemo.text_to_ids(text), text
+        assert tok.decode(ids) == text
+    assert tok.convert_tokens_to_ids(list(hf_export.BYTE_LEVEL_SPECIALS)) == [nemo.pad_id, nemo.bos_id, nemo.eos_id]
+    assert tok.eos_token_id == nemo.eos_id and len(tok) == 259
 
 
 def test_exported_classifier_reads_back_as_its_family_with_the_score_as_head():
@@ -119,6 +156,7 @@ def test_exported_model_scores_as_the_nemo(parity, family, head):
     assert e["same_tokens"]  # the exported chat template renders what training tokenized
     assert e["reward_diff"] <= TOL and e.get("attr_diff", 0.0) <= TOL
     assert e["num_labels"] == (5 if head == "attributes" else 1)
+    assert e["shards"] == 1 if head == "attributes" else e["shards"] > 3  # reward mode: sharded, loaded via the index
     assert max(abs(b) for b in r["bias"]) > 0.1  # the head bias is really exercised
     if family == "nemotron":
         assert e["bias_folded"]  # into the final LayerNorm1P bias: the logits are the scores
@@ -153,6 +191,27 @@ def test_tp2_and_pp2_trained_sources_are_merged_on_export(parity):
         for head in hf_export.HEADS:
             print(f"{name} {head}: reward {r[head]['reward_diff']:.2e} attributes {r[head].get('attr_diff')}")
             _check(r, head)
+
+
+@pytest.mark.slow
+def test_demo_rm_exports_as_gpt_neox(parity, tmp_path_factory):
+    """The default job's model (Megatron's classic GPT: LayerNorm, GELU, biases, RoPE; NeMo's byte-level tokenizer)
+    is GPT-NeoX with sequential residuals: exported, scored by the stock class, and imported back."""
+    from tests.test_rewardbench import demo_checkpoint
+
+    tmp, _ = parity
+    r = _worker(tmp, tmp / "demo.json", ["--nemo", f"demo={demo_checkpoint(tmp_path_factory)}", "--round-trip"])["demo"]
+    for head in hf_export.HEADS:
+        print(f"demo {head}: reward {r[head]['reward_diff']:.2e} attributes {r[head].get('attr_diff')}")
+        _check(r, head)
+        assert r[head]["class"] == "GPTNeoXForSequenceClassification"
+        assert r[head]["bias_folded"]  # into the final LayerNorm's bias: the logits are the scores
+    # bytes: the longer conversations are cut to the demo's 512 positions (their start dropped, as in training)
+    assert r["template"] == "steerlm" and r["conversations"] >= 20 and len(r["tokens"]) >= 10
+    assert max(r["tokens"]) == 512
+    rt = r["round_trip"]
+    print(f"demo round trip: reward {rt['reward_diff']:.2e} attributes {rt['attr_diff']:.2e}")
+    assert rt["reward_diff"] <= TOL and rt["attr_diff"] <= TOL
 
 
 @pytest.mark.slow

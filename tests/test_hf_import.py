@@ -52,6 +52,23 @@ def test_unsupported_configs_are_refused_naming_the_field(change, field):
         hf.nemo_arch_config(_llama(**change), "x/config.json")
 
 
+@pytest.mark.parametrize("change, field", [
+    ({"use_parallel_residual": True}, "use_parallel_residual"),  # Pythia's layers: not Megatron's GPT
+    ({"attention_bias": False}, "attention_bias"),
+    ({"hidden_act": "gelu_new"}, "hidden_act"),
+])
+def test_gpt_neox_is_megatrons_classic_gpt_or_refused(change, field):
+    cfg = {"architectures": ["GPTNeoXForCausalLM"], "num_hidden_layers": 2, "hidden_size": 64,
+           "intermediate_size": 128, "num_attention_heads": 4, "hidden_act": "gelu", "rotary_pct": 0.25,
+           "rotary_emb_base": 10000, "layer_norm_eps": 1e-5, "use_parallel_residual": False, "attention_bias": True,
+           "max_position_embeddings": 2048, "vocab_size": 300}
+    arch = hf.nemo_arch_config(cfg)
+    assert (arch["normalization"], arch["activation"], arch["bias"]) == ("layernorm", "gelu", True)
+    assert arch["num_query_groups"] == 4 and arch["kv_channels"] == 16 and arch["rotary_percentage"] == 0.25
+    with pytest.raises(hf.UnsupportedModel, match=field):
+        hf.nemo_arch_config({**cfg, **change}, "x/config.json")
+
+
 def test_importer_refuses_an_unknown_architecture_before_loading_anything(tmp_path):
     from nemo_hs2.models.hf_import import run
 

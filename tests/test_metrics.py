@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from nemo_hs2.metrics import confusion_matrix, pairwise_metrics, pearson, regression_metrics
+from nemo_hs2.metrics import confusion_matrix, pairwise_metrics, pearson, regression_metrics, unpair_incomplete
 
 NAN = float("nan")
 
@@ -118,6 +118,20 @@ def test_pairwise_without_helpfulness_and_no_pairs():
 def test_pairwise_bad_pair_ids(ids):
     with pytest.raises(ValueError, match="exactly 2"):
         pairwise_metrics(np.zeros((4, 1)), np.zeros((4, 1)), np.array(ids), ("helpfulness",), "helpfulness_only")
+
+
+def test_unpair_incomplete_drops_pairs_cut_by_a_validation_limit():
+    # limit_val_batches scored row 4 but not its partner: pair 2 is cut, the other pairs stay as they were.
+    ids = np.array([0, 0, 1, 1, 2, -1])
+    kept, cut = unpair_incomplete(ids)
+    assert kept.tolist() == [0, 0, 1, 1, -1, -1] and cut == 1
+    assert ids.tolist() == [0, 0, 1, 1, 2, -1]  # the input is not modified
+    pred = np.array([[3.0], [1.0], [0.0], [2.0], [4.0], [0.0]])
+    target = np.array([[4.0], [0.0], [3.0], [1.0], [0.0], [1.0]])
+    m = pairwise_metrics(pred, target, kept, ("helpfulness",), "helpfulness_only")
+    assert m["pairs/helpfulness"] == 2 and m["pairwise_acc/helpfulness"] == 0.5
+    with pytest.raises(ValueError, match="more than 2"):
+        unpair_incomplete([0, 0, 0])
 
 
 def test_confusion_matrix():

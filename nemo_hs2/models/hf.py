@@ -83,6 +83,28 @@ def _nemotron_arch(cfg: Mapping, where: str) -> dict:
             "scale_positional_embedding": False}
 
 
+def _gpt_neox_arch(cfg: Mapping, where: str) -> dict:
+    """GPT-NeoX with sequential residuals is Megatron's classic GPT: LayerNorm, GELU, biases, partial RoPE."""
+    _require(cfg, "hidden_act", ("gelu",), where)
+    _require(cfg, "use_parallel_residual", (False,), where)  # Megatron's layers are sequential
+    _require(cfg, "attention_bias", (True,), where)  # GPT-NeoX's MLP always has biases: Megatron has one switch
+    if cfg.get("rope_scaling"):
+        raise UnsupportedModel(f"{where}: rope_scaling={cfg['rope_scaling']!r} is not supported for GPT-NeoX")
+    heads = cfg["num_attention_heads"]
+    return {
+        "num_layers": cfg["num_hidden_layers"], "hidden_size": cfg["hidden_size"],
+        "ffn_hidden_size": cfg["intermediate_size"], "num_attention_heads": heads, "num_query_groups": heads,
+        "kv_channels": cfg["hidden_size"] // heads, "bias": True, "position_embedding_type": "rope",
+        "rotary_base": cfg.get("rotary_emb_base", 10000), "rotary_interleaved": False,
+        "max_position_embeddings": cfg["max_position_embeddings"],
+        "share_embeddings_and_output_weights": bool(cfg.get("tie_word_embeddings", False)),
+        "init_method_std": cfg.get("initializer_range", 0.02), "mcore_gpt": True,
+        "apply_query_key_layer_scaling": False, "bias_activation_fusion": False,
+        "normalization": "layernorm", "layernorm_epsilon": cfg.get("layer_norm_eps", 1e-5), "activation": "gelu",
+        "rotary_percentage": cfg.get("rotary_pct", 1.0), "scale_positional_embedding": False,
+    }
+
+
 # ------------------------------------------------------------------------------------------------ weight rules
 @dataclasses.dataclass(frozen=True)
 class Arch:
@@ -167,17 +189,31 @@ def _table(gated: bool, norm_bias: bool, linear_bias: bool, tied: bool) -> dict[
     return {"top": top, "layer": layer}
 
 
+def _gpt_neox_table(tied: bool) -> dict[str, list[Rule]]:
+    """GPT-NeoX fuses q/k/v per head ([q; k; v] of head 0, then head 1, ...): Megatron's layout with one query
+    group per head, so the fused tensors copy as they are."""
+    m, h = "decoder.layers.{i}.", "gpt_neox.layers.{i}."
+    pairs = [("input_layernorm", "input_layernorm"), ("self_attention.linear_qkv", "attention.query_key_value"),
+             ("self_attention.linear_proj", "attention.dense"), ("pre_mlp_layernorm", "post_attention_layernorm"),
+             ("mlp.linear_fc1", "mlp.dense_h_to_4h"), ("mlp.linear_fc2", "mlp.dense_4h_to_h")]
+    layer = [Rule(f"{m}{a}.{p}", (f"{h}{b}.{p}",)) for a, b in pairs for p in ("weight", "bias")]
+    top = [Rule("embedding.word_embeddings.weight", ("gpt_neox.embed_in.weight",)),
+           *_norm("decoder.final_layernorm", "gpt_neox.final_layer_norm", True),
+           Rule("output_layer.weight", ("gpt_neox.embed_in.weight",) if tied else ("embed_out.weight",))]
+    return {"top": top, "layer": layer}
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     name: str
     arch: Callable[[Mapping, str], dict]
-    gated: bool
-    norm_bias: bool   # LayerNorm1P carries a bias; RMSNorm none
+    table: Callable[[dict, bool], dict[str, list[Rule]]]  # (the arch fields, tied) -> rules
 
 
 FAMILIES = {
-    "LlamaForCausalLM": Family("llama", _llama_arch, gated=True, norm_bias=False),
-    "NemotronForCausalLM": Family("nemotron", _nemotron_arch, gated=False, norm_bias=True),
+    "LlamaForCausalLM": Family("llama", _llama_arch, lambda a, tied: _table(True, False, a["bias"], tied)),
+    "NemotronForCausalLM": Family("nemotron", _nemotron_arch, lambda a, tied: _table(False, True, a["bias"], tied)),
+    "GPTNeoXForCausalLM": Family("gpt_neox", _gpt_neox_arch, lambda a, tied: _gpt_neox_table(tied)),
 }
 # Buffers some HF checkpoints carry that are recomputed, not learned.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -185,7 +221,8 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 # A reward model exported by examples/export_hf.py reads back as its backbone's family, ``score`` as the head.
 SEQ_CLASSIFIERS = {"LlamaForSequenceClassification": "LlamaForCausalLM",
-                   "NemotronForSequenceClassification": "NemotronForCausalLM"}
+                   "NemotronForSequenceClassification": "NemotronForCausalLM",
+                   "GPTNeoXForSequenceClassification": "GPTNeoXForCausalLM"}
 
 
 def is_reward_model(hf_config: Mapping) -> bool:
@@ -209,9 +246,9 @@ def mapping_table(hf_config: Mapping, where: str = "config.json") -> dict[str, l
     fam = family_of(hf_config, where)
     arch = fam.arch(hf_config, where)
     if not is_reward_model(hf_config):
-        return _table(fam.gated, fam.norm_bias, arch["bias"], arch["share_embeddings_and_output_weights"])
+        return fam.table(arch, arch["share_embeddings_and_output_weights"])
     # No LM head: the (unused) output layer gets the embedding, as for a tied model.
-    table = _table(fam.gated, fam.norm_bias, arch["bias"], True)
+    table = fam.table(arch, True)
     return {**table, "top": [*table["top"], Rule("rm_head.weight", ("score.weight",))]}
 
 

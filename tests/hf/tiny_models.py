@@ -18,7 +18,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # have wavelengths beyond 2048 and are changed, visibly so within a few dozen positions.
 LLAMA31_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
-FAMILIES = ("llama3", "llama31", "llama_tied", "nemotron")
+FAMILIES = ("llama3", "llama31", "llama_tied", "nemotron", "gpt_neox")
 
 
 def tokenizer():
@@ -37,7 +37,7 @@ def tokenizer():
 
 
 def config(family: str, vocab_size: int):
-    from transformers import LlamaConfig, NemotronConfig
+    from transformers import GPTNeoXConfig, LlamaConfig, NemotronConfig
 
     common = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=8192, initializer_range=0.2,
@@ -46,6 +46,12 @@ def config(family: str, vocab_size: int):
         return NemotronConfig(**{**common, "architectures": ["NemotronForCausalLM"]}, intermediate_size=128,
                               partial_rotary_factor=0.5, norm_eps=1e-5, rope_theta=10000.0, hidden_act="relu2",
                               tie_word_embeddings=False)
+    if family == "gpt_neox":  # Megatron's classic GPT (sequential residuals); partial rotary exercised
+        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=128, max_position_embeddings=8192, initializer_range=0.2,
+                             architectures=["GPTNeoXForCausalLM"], hidden_act="gelu", rotary_pct=0.5,
+                             rotary_emb_base=10000, layer_norm_eps=1e-5, use_parallel_residual=False,
+                             attention_bias=True, tie_word_embeddings=False)
     extra = {"rope_scaling": LLAMA31_SCALING, "max_position_embeddings": 131072} if family == "llama31" else {}
     return LlamaConfig(**{**common, "architectures": ["LlamaForCausalLM"], **extra}, intermediate_size=96,
                        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=family == "llama_tied")

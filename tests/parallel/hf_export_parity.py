@@ -70,6 +70,7 @@ def main():
     sources = [(f, None) for f in args.family] + [tuple(s.split("=", 1)) for s in args.nemo]
     for seed, (family, rm) in enumerate(sources):
         tmp = os.path.join(args.tmp, family)
+        source_trained = rm is not None
         if rm is None:
             hf_dir = tiny_models.write(family, os.path.join(tmp, "hf"), seed=seed)
             base, rm = os.path.join(tmp, "base.nemo"), os.path.join(tmp, "rm.nemo")
@@ -93,7 +94,9 @@ def main():
              "tokens": sorted({len(nemo.tokenize(c)) for c in convs})}
         for head in hf_export.HEADS:
             out_dir = os.path.join(tmp, f"hf_{head}")
-            report = hf_export.export(model, out_dir, head, source="rm.nemo")
+            # reward mode is written in shards of ~64 KiB (many files + index), attributes mode as one file
+            report = hf_export.export(model, out_dir, head, source="rm.nemo",
+                                      max_shard_gb=2**-14 if head == "reward" else 5.0)
             cls = type(AutoModelForSequenceClassification.from_pretrained(out_dir)).__name__
             scorer = HFRewardScorer(out_dir, batch_size=8)
             same_tokens = all(list(scorer.tokenize(c)) == list(map(int, nemo.tokenize(c))) for c in convs)
@@ -101,7 +104,7 @@ def main():
             got_reward = np.array([g["reward"] for g in got])
             entry = {"class": cls, "same_tokens": same_tokens, "bias_folded": report["bias_folded"],
                      "reward_diff": float(np.abs(got_reward - want_reward).max()),
-                     "num_labels": report["num_labels"], "labels": report["labels"]}
+                     "num_labels": report["num_labels"], "labels": report["labels"], "shards": report["shards"]}
             if head == "attributes":
                 got_pred = np.array([[g["attributes"][a] for a in nemo.attributes] for g in got])
                 entry["attr_diff"] = float(np.abs(got_pred - want_pred).max())
@@ -111,10 +114,22 @@ def main():
             r[head] = entry
         if args.round_trip:  # the attributes export imported back (examples/import_hf.py) scores the same
             back = os.path.join(tmp, "round_trip.nemo")
-            with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
-                import_hf(compose(config_name="import_hf", overrides=[f"input={os.path.join(tmp, 'hf_attributes')}",
-                                                                     f"output={back}"]))
-            again = RewardScorer(load_reward_model(back), batch_size=8).score(convs)
+            overrides = [f"input={os.path.join(tmp, 'hf_attributes')}", f"output={back}"]
+            batch = {}
+            if source_trained:
+                # Megatron's batch-size calculator is global and this process already holds the trained model's
+                # batch sizes; the import (batch 1) runs as users run it, in its own process.
+                import subprocess
+
+                proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "import_hf.py"), *overrides],
+                                      capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"import of the export failed:\n{proc.stderr[-4000:]}")
+                batch = {k: int(model.cfg[k]) for k in ("micro_batch_size", "global_batch_size")}
+            else:
+                with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+                    import_hf(compose(config_name="import_hf", overrides=overrides))
+            again = RewardScorer(load_reward_model(back, model_overrides=batch or None), batch_size=8).score(convs)
             r["round_trip"] = {"reward_diff": float(np.abs(np.array([g["reward"] for g in again]) - want_reward).max()),
                                "attr_diff": float(np.abs(np.array([[g["attributes"][a] for a in nemo.attributes]
                                                                    for g in again]) - want_pred).max())}
