@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 
 import torch
@@ -387,4 +388,5 @@ def run(cfg: DictConfig) -> dict:
     report = export(model, output_dir, head, dtype, source=os.path.basename(str(checkpoint)),
                     max_shard_gb=float(exp.get("max_shard_gb", 5.0)))
     report["seconds"] = {"load": round(loaded - started, 1), "export": round(time.time() - loaded, 1)}
+    report["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return report
