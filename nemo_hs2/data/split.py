@@ -10,38 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from nemo_hs2.data.records import BadRowError
+from nemo_hs2.data.records import MISSING_FIELD, BadRowError, RowProblem, file_records
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Every row of a .jsonl file as a dict; a row that is not a JSON object fails naming file and line."""
+def read_prompted_rows(path: str | Path) -> list[dict]:
+    """Every row of a .jsonl / .jsonl.gz / .parquet file, unchanged; a bad line, or a row without a string
+    ``prompt``, stops with ``file:line: field: detail``."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadRowError(str(path), line_no, "<row>", "bad_json", str(e)) from None
-            if not isinstance(row, dict):
-                raise BadRowError(str(path), line_no, "<row>", "bad_json", "not a JSON object")
-            rows.append(row)
+    for line, record in file_records(Path(path)):
+        if isinstance(record, RowProblem):
+            raise BadRowError(str(path), line, record.field, record.reason, record.detail)
+        if not isinstance(record.get("prompt"), str):
+            raise BadRowError(str(path), line, "prompt", MISSING_FIELD, "a string prompt is needed to split by prompt")
+        rows.append(record)
     return rows
-
-
-def write_jsonl(rows: Iterable[dict], path: str | Path) -> int:
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
 
 
 def _prompt_key(prompt: str, seed: int) -> str:
@@ -50,15 +36,13 @@ def _prompt_key(prompt: str, seed: int) -> str:
 
 def split_by_prompt(rows: Sequence[dict], validation_fraction: float, seed: int = 0,
                     source: str = "<rows>") -> tuple[list[dict], list[dict]]:
-    """(train, validation): ``ceil(fraction x prompts)`` prompts, chosen by a seeded hash, with all their rows.
+    """(train, validation) of rows with a ``prompt`` (``read_prompted_rows``): ``ceil(fraction x prompts)``
+    prompts, chosen by a seeded hash, with all their rows.
 
     The choice depends only on the prompt texts and the seed, not on row order or the other rows' contents.
     """
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    for i, row in enumerate(rows, 1):
-        if not isinstance(row.get("prompt"), str):
-            raise BadRowError(source, i, "prompt", "missing_field", "a string prompt is needed to split by prompt")
     prompts = sorted({row["prompt"] for row in rows}, key=lambda p: _prompt_key(p, seed))
     if len(prompts) < 2:
         raise ValueError(f"{source}: {len(prompts)} distinct prompt(s); a split by prompt needs at least 2")

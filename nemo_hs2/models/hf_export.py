@@ -209,12 +209,6 @@ def export_tensors(module, causal: dict, vocab_rows: int, head: str, weights: to
     return tensors(), bias
 
 
-def export_state_dict(module, causal: dict, vocab_rows: int, head: str, weights: torch.Tensor, dtype):
-    """``export_tensors`` gathered into one dict (small models and tests)."""
-    items, bias = export_tensors(module, causal, vocab_rows, head, weights, dtype)
-    return dict(items), bias
-
-
 def write_shards(items, output_dir: str, max_shard_bytes: int) -> dict:
     """Write (name, tensor) pairs as safetensors shards of at most ``max_shard_bytes`` (a larger single tensor gets
     a shard of its own), named and indexed as ``save_pretrained`` does; one shard is plain ``model.safetensors``."""

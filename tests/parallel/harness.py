@@ -11,7 +11,6 @@ Everything is taken from the real stack (Hydra config, NeMo trainer, our model, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -67,7 +66,6 @@ def fixed_width_check(model, batch):
     """Per-micro-batch widths vs every micro-batch at the batch's width, under PP: predictions, loss, all gradients.
 
     Returns the max differences and the widths the micro-batches were cut to (or ``None`` without PP)."""
-    import torch
     from megatron.core import parallel_state as ps
     from megatron.core.num_microbatches_calculator import get_num_microbatches
 
@@ -231,12 +229,9 @@ def main():
                 diffs[f"{loss_name}/grad:{name}"] = float((g - shard(name, want["grads"][name], g.shape)).abs().max())
         diffs["inference/pred"] = float(np.abs(scored[9] - ref["scored"]).max())
         result["diffs"] = diffs
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, result)
-    if torch.distributed.get_rank() == 0 and args.out:
-        with open(args.out, "w") as f:
-            json.dump(gathered, f, indent=1)
-    torch.distributed.barrier()
+    from torchrun_io import write_gathered  # beside this script, which torchrun puts first on sys.path
+
+    write_gathered(result, args.out)
 
 
 if __name__ == "__main__":

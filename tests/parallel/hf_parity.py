@@ -9,7 +9,6 @@ state and the LM logits (output layer, gathered over TP) with transformers' mode
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -117,12 +116,9 @@ def main():
         if imported is not None:
             result["import"] = {k: imported[k] for k in ("seconds", "peak_rss_gib", "parameters", "output_gib")}
         results[name] = result
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, results)
-    if torch.distributed.get_rank() == 0 and args.out:
-        with open(args.out, "w") as f:
-            json.dump(gathered, f, indent=1)
-    torch.distributed.barrier()
+    from torchrun_io import write_gathered  # beside this script, which torchrun puts first on sys.path
+
+    write_gathered(results, args.out)
 
 
 if __name__ == "__main__":
