@@ -5,7 +5,7 @@
 # (core_r0.10.0) and with NVIDIA apex (including the distributed_adam extension that the recipes' optimizer,
 # distributed_fused_adam, needs) and Transformer Engine built for that pair. NeMo-Aligner 0.7.0, its last release,
 # was made against exactly NeMo 2.1.0 + megatron-core 0.10.0; newer NeMo images carry NeMo 2.2+ (and from 2.5 no
-# MegatronGPTModel at all), which nemo_hs2.compat refuses. For a bit-reproducible image pin the digest too
+# MegatronGPTModel at all), which nemo_hs2.megatron.compat refuses. For a bit-reproducible image pin the digest too
 # (FROM nvcr.io/nvidia/nemo:24.12@sha256:...). Needs NGC access: docker login nvcr.io.
 FROM nvcr.io/nvidia/nemo:24.12
 

@@ -73,8 +73,8 @@ def tokenizers() -> tuple[list[tuple[str, object]], list[str]]:
 
 def legacy_jsonl(examples, path: Path) -> None:
     """NeMo-Aligner 0.7.0's regression format: SteerLM text, labels in 9 slots (4 dead OpenAssistant slots)."""
-    from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
-    from nemo_hs2.data.template import DEFAULT_SYSTEM, format_example
+    from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES
+    from nemo_hs2.core.render import DEFAULT_SYSTEM, format_example
 
     with open(path, "w") as f:
         for ex in examples:
@@ -143,7 +143,7 @@ def batches_of(order, mbs):
 
 
 def grouped_order(lengths, mbs, seed):
-    from nemo_hs2.data.sampler import LengthGroupedBatchSampler
+    from nemo_hs2.megatron.sampler import LengthGroupedBatchSampler
 
     gbs = 4 * mbs
     sampler = LengthGroupedBatchSampler(len(lengths), 0, mbs, gbs, 0, 1, drop_last=True, seed=seed, lengths=lengths)

@@ -44,7 +44,7 @@ PARITY = LLAMA + ["model.num_layers=2", "model.hidden_size=128", "model.ffn_hidd
 def stage_env(args) -> dict:
     import torch
 
-    from nemo_hs2 import compat
+    from nemo_hs2.megatron import compat
 
     env = compat.Environment.detect()
     planned = compat.planned(env)
@@ -94,9 +94,10 @@ def _planner_estimate(targs, overrides, vocab) -> dict:
 def _plan(targs, overrides, vocab) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from nemo_hs2 import planner
+    from nemo_hs2.core.resolvers import register_resolvers
+    from nemo_hs2.plan import make_plan
 
-    planner._ensure_resolvers()
+    register_resolvers()
     composed = [*overrides, f"model.encoder_seq_length={targs.seq_length}",
                 f"model.micro_batch_size={targs.micro_batch}",
                 f"model.global_batch_size={targs.micro_batch * targs.micro_batches}", f"+model.override_vocab_size={vocab}"]
@@ -104,7 +105,7 @@ def _plan(targs, overrides, vocab) -> dict:
         composed += ["trainer=gpu", "trainer.devices=1", "model.megatron_amp_O2=true"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose(config_name="train_reward_model", overrides=composed)
-    plan = planner.make_plan(cfg)
+    plan = make_plan(cfg)
     return {"peak_gib": plan.memory.get("peak"), "params": plan.params, "errors": plan.errors}
 
 
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.size = args.size or ("1b" if args.device == "cuda" else "tiny")
     if args.parity_side:  # the CPU side of the parity stage
-        from nemo_hs2 import compat
+        from nemo_hs2.megatron import compat
 
         compat.apply()
         _parity_side("cpu", Path(args.parity_side), save=False)

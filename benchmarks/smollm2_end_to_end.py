@@ -62,7 +62,7 @@ def find_gguf(given: str | None) -> Path:
 
 def truncated_copy(gguf: Path, layers: int, out: Path) -> Path:
     """SmolLM2 cut to its first ``layers`` layers, as a Hugging Face directory (weights and the fixed tokenizer)."""
-    from nemo_hs2.models.hf_import import fix_gguf_tokenizer, load_gguf
+    from nemo_hs2.hf.importer import fix_gguf_tokenizer, load_gguf
     from transformers import AutoTokenizer
 
     model = load_gguf(str(gguf))

@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nemo_hs2.data.sources import read_examples  # noqa: E402
-from nemo_hs2.data.template import DEFAULT_SYSTEM, format_example  # noqa: E402
+from nemo_hs2.core.render import DEFAULT_SYSTEM, format_example  # noqa: E402
 
 
 def count(encode, pairs) -> dict:

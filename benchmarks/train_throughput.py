@@ -136,18 +136,19 @@ def build_model(args, vocab_size: int, extra_overrides=()):
         cfg.exp_manager = None
         cfg.model.override_vocab_size = int(np.ceil(vocab_size / 128) * 128)
 
-    from nemo_hs2 import compat
+    from nemo_hs2.megatron import compat
+    from nemo_hs2.megatron.build import seed_model_parallel_rng
 
     compat.apply()
     import torch
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
 
-    from nemo_hs2.models.reward_model import AttributeRewardModel
+    from nemo_hs2.megatron.reward_model import AttributeRewardModel
 
     trainer = resolve_and_create_trainer(cfg, "rm")
     model = AttributeRewardModel(cfg.model, trainer)
     init_distributed(trainer, model, False)
-    compat.seed_model_parallel_rng(cfg.model.seed)
+    seed_model_parallel_rng(cfg.model.seed)
     model.prepare_for_training_step()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     return cfg, model, optimizer
@@ -157,7 +158,7 @@ def batch_order(lengths, mbs, gbs, grouped, seed, group_size=64):
     """Global batches of row indices (one epoch) from the training sampler, as training draws them at DP = 1."""
     from omegaconf import OmegaConf
 
-    from nemo_hs2.data.sampler import build_train_sampler
+    from nemo_hs2.megatron.sampler import build_train_sampler
 
     class Rows:
         def __len__(self):
@@ -299,7 +300,7 @@ def shape_exchange_cost(model, iters=200):
     from megatron.core.pipeline_parallel import p2p_communication
     from megatron.core.utils import get_model_config
 
-    from nemo_hs2.models.reward_model import parallel_state as ps
+    from nemo_hs2.megatron.reward_model import parallel_state as ps
 
     config = get_model_config(model.model)
     x = torch.zeros(8, 1, 1)  # only its shape travels
@@ -315,7 +316,7 @@ def shape_exchange_cost(model, iters=200):
 def worker(args) -> int:
     import torch
 
-    from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
+    from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES
     from nemo_hs2.data.dataset import Collator, tokenize_examples
     from nemo_hs2.data.sources import read_examples
 

@@ -9,33 +9,25 @@ never modified. Config: conf/annotate_dataset.yaml; details: nemo_hs2/evaluation
 """
 
 import json
-import sys
 
-import hydra
+from nemo_hs2.cli.entry import hydra_entry, print_main
 
 
-@hydra.main(config_path="../conf", config_name="annotate_dataset", version_base="1.3")
-def main(cfg) -> None:
+@hydra_entry("annotate_dataset", name="annotate_dataset")
+def main(cfg):
     from omegaconf import OmegaConf
 
-    from nemo_hs2.data.sources import BadRowError
+    from nemo_hs2.core.rank import is_main_rank
     from nemo_hs2.evaluation.annotate import AnnotateOptions, annotate, count_rows
     from nemo_hs2.evaluation.run import load_model, make_scorer
-    from nemo_hs2.models.loading import is_main_rank
 
-    try:
-        options = AnnotateOptions(**OmegaConf.to_container(cfg.annotate, resolve=True))
-        options.score_range = tuple(options.score_range)
-        if count_rows(str(cfg.input)) is None:  # unreadable before the model is built, not after
-            raise ValueError(f"{cfg.input}: not a readable .jsonl, .jsonl.gz or .parquet file")
-        model = load_model(cfg)
-        summary = annotate(make_scorer(model, cfg), str(cfg.input), str(cfg.output_dir), options,
-                           progress=bool(cfg.progress), main=is_main_rank())
-    except (BadRowError, FileNotFoundError, ValueError, TypeError) as e:
-        print(f"annotate_dataset: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if is_main_rank():
-        print(json.dumps(summary, indent=1))
+    options = AnnotateOptions(**OmegaConf.to_container(cfg.annotate, resolve=True))
+    options.score_range = tuple(options.score_range)
+    if count_rows(str(cfg.input)) is None:  # unreadable before the model is built, not after
+        raise ValueError(f"{cfg.input}: not a readable .jsonl, .jsonl.gz or .parquet file")
+    summary = annotate(make_scorer(load_model(cfg), cfg), str(cfg.input), str(cfg.output_dir), options,
+                       progress=bool(cfg.progress), main=is_main_rank())
+    print_main(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,32 +2,26 @@
 
     python examples/import_hf.py input=/models/Meta-Llama-3-70B output=/models/llama-3-70b.nemo
     python examples/import_hf.py input_gguf=SmolLM2-135M-Instruct.Q4_1.gguf output=smollm2.nemo
+
+Config: conf/import_hf.yaml; see nemo_hs2/hf/importer.py. A model it cannot represent exactly is refused, naming
+the field.
 """
 
 import json
 
-from omegaconf import OmegaConf
-
-from nemo_hs2.models.hf_import import run
-
-OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
-OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+from nemo_hs2.cli.entry import hydra_entry
 
 
-def _main():
-    from nemo.core.config import hydra_runner
+@hydra_entry("import_hf", name="import_hf")
+def main(cfg):
+    from nemo_hs2.hf.importer import run
 
-    @hydra_runner(config_path="../conf", config_name="import_hf")
-    def main(cfg) -> None:
-        report = run(cfg)
-        text = json.dumps(report, indent=1)
-        print(text)
-        if cfg.get("report"):
-            with open(cfg.report, "w") as f:
-                f.write(text + "\n")
-
-    main()
+    text = json.dumps(run(cfg), indent=1)
+    print(text)
+    if cfg.get("report"):
+        with open(cfg.report, "w") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":
-    _main()
+    main()

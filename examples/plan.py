@@ -6,12 +6,10 @@
     python examples/plan.py model=llama3_70b trainer=gpu trainer.num_nodes=4 model.pipeline_model_parallel_size=4 \
         trainer.rm.max_steps=300 plan.gpu_memory_gb=141
 
-Planner options (plan.KEY=VALUE, with or without `+`): format=table|json, gpu_memory_gb (GiB per GPU, 80),
-peak_tflops (989, H100 dense BF16), mfu (0.30), overhead_gb (5), fragmentation (0.10), train_rows (samples per
-epoch; HelpSteer2's 20,324 by default for regression data), strict (also fail on a ??? checkpoint), json_out (PATH),
-data_report (examples/prepare_data.py's data_report.json: time per step at the data's expected padded width).
+Planner options: plan.KEY=VALUE (with or without `+`), listed with their defaults by --help.
 Parameter counts are printed even when the layout breaks a rule (they do not depend on it).
-Exit status: 0 the config passes every rule, 1 it breaks one (listed), 2 the overrides do not compose.
+Exit status: 0 the config passes every rule, 1 it breaks one (listed), 2 the overrides do not compose or a plan
+option is unknown or out of range.
 Needs only hydra-core and omegaconf (no torch / NeMo): it runs on a login node in about a second.
 """
 
@@ -25,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nemo_hs2 import planner  # noqa: E402
+from nemo_hs2.core.resolvers import register_resolvers  # noqa: E402
+from nemo_hs2.plan import PlanOptions, format_table, make_plan, split_plan_overrides  # noqa: E402
 
 
 def compose(overrides: list[str], config_name: str = "train_reward_model"):
@@ -33,7 +32,7 @@ def compose(overrides: list[str], config_name: str = "train_reward_model"):
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    planner._ensure_resolvers()
+    register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
@@ -44,7 +43,7 @@ def compose(overrides: list[str], config_name: str = "train_reward_model"):
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+        print(__doc__ + "\nPlanner options (plan.KEY=VALUE, default, meaning):\n" + PlanOptions.describe())
         return 0
     config_name = "train_reward_model"
     args = list(argv)
@@ -53,21 +52,25 @@ def main(argv: list[str]) -> int:
             i = args.index(flag)
             config_name = args[i + 1]
             del args[i:i + 2]
-    opts, overrides = planner.split_plan_overrides(args)
+    opts, overrides = split_plan_overrides(args)
     try:
         cfg, choices = compose(overrides, config_name)
-        options = planner.plan_options(cfg, opts)
-    except Exception as e:  # Hydra / OmegaConf composition errors, unknown plan options
+    except Exception as e:  # Hydra / OmegaConf composition errors
         print(f"plan: cannot compose the config: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    plan = planner.make_plan(cfg, options, choices=choices)
+    try:
+        options = PlanOptions.from_config(cfg, opts)
+    except ValueError as e:  # an unknown plan.KEY, or a value it does not take
+        print(f"plan: {e}", file=sys.stderr)
+        return 2
+    plan = make_plan(cfg, options, choices=choices)
     doc = plan.to_dict()
-    if options["json_out"]:
-        Path(options["json_out"]).write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    if options["format"] == "json":
+    if options.json_out:
+        Path(options.json_out).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    if options.format == "json":
         print(json.dumps(doc, indent=2, default=str))
     else:
-        print(planner.format_table(plan))
+        print(format_table(plan))
     return 0 if plan.ok else 1
 
 

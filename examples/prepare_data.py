@@ -9,30 +9,19 @@ model.encoder_seq_length override means what it means for training, and a later 
 settings reads the cache instead of tokenizing. Writes OUTPUT_DIR/data_report.json and prints a summary.
 """
 
-import sys
-
-import hydra
-from omegaconf import OmegaConf
-
-OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
-OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+from nemo_hs2.cli.entry import hydra_entry
 
 
-@hydra.main(config_path="../conf", config_name="prepare_data", version_base="1.3")
-def main(cfg) -> None:
-    from nemo_hs2.data.build import build_tokenizer, prepare, validate
+@hydra_entry("prepare_data", name="prepare_data", quiet=False)
+def main(cfg):
+    from nemo_hs2.data.build import prepare, validate
     from nemo_hs2.data.report import format_report
-    from nemo_hs2.data.sources import BadRowError, HubUnavailableError
+    from nemo_hs2.megatron.tokenizer import build_tokenizer
 
-    try:
-        # Rows first: a bad row is reported in a second or two, before NeMo (and its tokenizers) is imported.
-        loaded = validate(cfg.data)
-        tokenizer = build_tokenizer(cfg.model.tokenizer)
-        report = prepare(cfg.data, tokenizer, int(cfg.data.seq_length), cfg.output_dir, progress=True,
-                         loaded=loaded)
-    except (BadRowError, HubUnavailableError, FileNotFoundError, ValueError) as e:
-        print(f"prepare_data: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    # Rows first: a bad row is reported in a second or two, before NeMo (and its tokenizers) is imported.
+    loaded = validate(cfg.data)
+    tokenizer = build_tokenizer(cfg.model.tokenizer)
+    report = prepare(cfg.data, tokenizer, int(cfg.data.seq_length), cfg.output_dir, progress=True, loaded=loaded)
     print(format_report(report))
     print(f"\nwrote {cfg.output_dir}/data_report.json")
 

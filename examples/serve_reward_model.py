@@ -16,23 +16,18 @@ import signal
 import sys
 import threading
 
-import hydra
+from nemo_hs2.cli.entry import hydra_entry
 
 
-@hydra.main(config_path="../conf", config_name="serve_reward_model", version_base="1.3")
-def main(cfg) -> None:
+@hydra_entry("serve_reward_model", name="serve_reward_model")
+def main(cfg):
+    from nemo_hs2.core.rank import is_main_rank
     from nemo_hs2.evaluation.run import load_model, make_scorer
-    from nemo_hs2.models.loading import is_main_rank
     from nemo_hs2.serving import EXIT_MODEL_FAILED, ModelLoopFailed, ServerConfig, TokenScorer, build_server
 
-    try:
-        server_cfg = ServerConfig.from_mapping(cfg.server)
-        server_cfg.load_token()  # a missing token file fails here, before the model loads
-        model = load_model(cfg)
-        scorer = make_scorer(model, cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"serve_reward_model: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    server_cfg = ServerConfig.from_mapping(cfg.server)
+    server_cfg.load_token()  # a missing token file fails here, before the model loads
+    scorer = make_scorer(load_model(cfg), cfg)
     import torch
 
     distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
@@ -41,7 +36,7 @@ def main(cfg) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
         TokenScorer(scorer, distributed).follow()  # runs rank 0's batches until rank 0 releases it
-        return
+        return 0
     server = build_server(scorer, server_cfg, distributed).start_http()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -54,8 +49,9 @@ def main(cfg) -> None:
         server.serve(stop)  # the model runs in this thread, the one that built it
     except ModelLoopFailed as e:
         print(f"reward server failed: {e}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_MODEL_FAILED)
+        return EXIT_MODEL_FAILED
     print("reward server stopped", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

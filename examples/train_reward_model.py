@@ -3,42 +3,28 @@
     python examples/train_reward_model.py                                   # the CPU demo
     torchrun --nproc_per_node 2 examples/train_reward_model.py trainer.devices=2 model.tensor_model_parallel_size=2
     python examples/train_reward_model.py data=helpsteer2 data.train_file=train.jsonl.gz data.validation_file=...
-    python examples/train_reward_model.py verbose=true      # every third-party message (nemo_hs2/quiet.py)
+    python examples/train_reward_model.py verbose=true      # every third-party message (nemo_hs2/cli/console.py)
+
+Config: conf/train_reward_model.yaml. Exit status 75 when pre-empted (checkpoint saved; the SLURM scripts requeue).
 """
 
-import os
-import sys
-
-from omegaconf import OmegaConf
-
-from nemo_hs2 import quiet
-
-OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
-OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+from nemo_hs2.cli.entry import hydra_entry, print_main
 
 
-def _main():
-    from nemo.core.config import hydra_runner
+@hydra_entry("train_reward_model", name="train_reward_model")
+def main(cfg):
+    from hydra.core.hydra_config import HydraConfig
 
-    @hydra_runner(config_path="../conf", config_name="train_reward_model")
-    def main(cfg) -> None:
-        from hydra.core.hydra_config import HydraConfig
+    from nemo_hs2.cli.run_summary import run_header, run_summary
+    from nemo_hs2.megatron.faults import leave_after_preemption
+    from nemo_hs2.megatron.train_recipe import run
 
-        quiet.install(verbose=bool(cfg.get("verbose", False)))
-        from nemo_hs2.faults import EXIT_PREEMPTED  # after install: importing NeMo-Aligner logs
-        from nemo_hs2.train import run
-
-        main_rank = int(os.environ.get("RANK", "0")) == 0
-        if main_rank:
-            print(quiet.run_header(cfg, dict(HydraConfig.get().runtime.choices)), flush=True)
-        result = run(cfg)
-        if main_rank:
-            print(quiet.run_summary(result), flush=True)
-        if result["preempted"]:  # checkpoint saved; the SLURM scripts requeue on this status
-            sys.exit(EXIT_PREEMPTED)
-
-    main()
+    print_main(run_header(cfg, dict(HydraConfig.get().runtime.choices)))
+    result = run(cfg)
+    print_main(run_summary(result))
+    # pre-empted, checkpoint saved: every rank leaves with 75 (the SLURM scripts requeue), none before all are done
+    return leave_after_preemption(cfg.collective_timeout_s) if result["preempted"] else 0
 
 
 if __name__ == "__main__":
-    _main()
+    main()

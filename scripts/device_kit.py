@@ -16,7 +16,7 @@ Three kinds of entry:
 * CP311: megatron-core 0.10.0 is served only for cp310/cp311; its Python part is unzipped on the device (its one
   compiled module is the GPT-dataset index helper, which nemo_hs2 never imports).
 jieba and opencc (NeMo's Chinese tokenizer imports them eagerly; 21 MiB together) are not carried:
-``nemo_hs2.compat`` stands in for them where they are absent, and a call into them fails with a clear error.
+``nemo_hs2.megatron.compat`` stands in for them where they are absent, and a call into them fails with a clear error.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ BUILD = {
     "wget": ("3.2", "NeMo (sdist only)"),
 }
 CP311 = {"megatron-core": ("0.10.0", "served for cp310/cp311 only; its Python part runs on 3.12")}
-STOOD_IN = {"jieba", "opencc"}  # nemo_hs2.compat's "chinese-text-libs" patch
+STOOD_IN = {"jieba", "opencc"}  # nemo_hs2.megatron.compat's "chinese-text-libs" patch
 # Declared by megatron-core 0.10's metadata but never imported on our path; requirements/cpu.lock leaves them out too
 # (nvidia-modelopt[torch] pulls a torchvision that breaks every NeMo import, see README "Pinned stack").
 NOT_NEEDED = {"flask-restful", "pytest-random-order", "wandb", "nvidia-modelopt"}

@@ -14,7 +14,8 @@ import types
 
 import numpy as np
 
-from nemo_hs2.inference import conversation_to_text
+from nemo_hs2.core.render import Renderer
+from nemo_hs2.core.scorer import as_conversation
 
 ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 HANG, BOOM = list(b"__hang__"), list(b"__boom__")
@@ -25,24 +26,32 @@ def _contains(row, needle) -> bool:
     return any(row[i:i + len(needle)] == needle for i in range(len(row) - len(needle) + 1))
 
 
-class FakeScorer:
-    template = "steerlm"
-    system = ""
+class ByteTokenizer:
+    """NeMo's ByteLevelTokenizer as the demo checkpoint has it: one id per UTF-8 byte, EOS after the 256 bytes."""
+    eos_id, vocab_size = 256, 257
 
-    def __init__(self, max_length: int = 256, delay_s: float = 0.0):
+    def text_to_ids(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+
+class FakeScorer:
+    """RewardScorer's interface (nemo_hs2/megatron/scorer.py): the same Renderer and tokenize, a closed-form model."""
+
+    def __init__(self, max_length: int = 1024, delay_s: float = 0.0):
         self.attributes = ATTRIBUTES
         self.weights = np.array([0.3, 0.74, 0.46, 0.47, -0.33])
         self.max_length = max_length
         self.delay_s = delay_s
-        self.model = types.SimpleNamespace(tokenizer=types.SimpleNamespace(eos_id=256, vocab_size=257))
+        self.model = types.SimpleNamespace(tokenizer=ByteTokenizer())
+        self.renderer = Renderer("steerlm", self.model.tokenizer)
+        self.template = self.renderer.template
         self.calls: list[int] = []
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return self.renderer.encode(text)
 
     def tokenize(self, conversation, truncate: bool = True) -> np.ndarray:
-        context, response = conversation_to_text(conversation, self.system)
-        ids = self.encode(context) + self.encode(response)
+        ids = self.renderer.ids(as_conversation(conversation))
         return np.asarray(ids[-self.max_length:] if truncate else ids, dtype=np.int32)
 
     @staticmethod

@@ -12,41 +12,32 @@ import pytest
 from nemo_hs2.data.sources import BadRowError
 from nemo_hs2.evaluation import annotate as ann
 from nemo_hs2.evaluation.outputs import OutputError
+from tests.fake_scorers import TextScorer
 from tests.test_rewardbench import demo_checkpoint, demo_scorer, run_example
 
 ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 
 
-class FakeScorer:
-    """RewardScorer's interface; predictions are a fixed function of the response length (may leave 0..4)."""
+class FakeScorer(TextScorer):
+    """Predictions are a fixed function of the rated response's length (may leave 0..4)."""
 
     attributes = ATTRS
     weights = np.ones(5)
     batch_size = 2
-    max_length = 40
-    template = "steerlm"
+    max_length = 400
 
     def __init__(self, fail_on_call: int | None = None):
-        self.calls, self.rows, self.fail_on_call = 0, 0, fail_on_call
+        super().__init__()
+        self.fail_on_call = fail_on_call
 
-    def tokenize(self, conversation, truncate=True):
-        from nemo_hs2.inference import conversation_to_text
-
-        context, response = conversation_to_text(conversation, "S")
-        ids = (context + response).encode()
-        return np.frombuffer(ids[-self.max_length:] if truncate else ids, dtype=np.uint8)
-
-    def score(self, conversations):
-        self.calls += 1
-        if self.calls == self.fail_on_call:
+    def predict_tokens(self, rows):
+        if self.calls + 1 == self.fail_on_call:
             raise RuntimeError("killed")
-        self.rows += len(conversations)
-        out = []
-        for c in conversations:
-            n = len(c[-1]["content"])
-            p = np.array([n / 3 - 1, n / 4, 2.5, -0.7, n / 10])
-            out.append({"attributes": dict(zip(ATTRS, p.tolist())), "reward": float(p.sum())})
-        return out
+        return super().predict_tokens(rows)
+
+    def predict_response(self, response):
+        n = len(response)
+        return [n / 3 - 1, n / 4, 2.5, -0.7, n / 10]
 
 
 def conv(text):

@@ -2,26 +2,53 @@
 
 import pytest
 
-from nemo_hs2 import compat
+from nemo_hs2.megatron import compat
+from nemo_hs2.megatron.compat import registry
 
 CPU = compat.Environment(cuda=False, apex=False, te=False)
 NGC = compat.Environment(cuda=True, apex=True, te=True)
 
 
 def test_unknown_version_is_refused_before_anything_is_patched(monkeypatch):
-    real = compat.installed_version
-    monkeypatch.setattr(compat, "installed_version", lambda d: "9.9.9" if d == "megatron_core" else real(d))
-    monkeypatch.setattr(compat, "_APPLIED", [])
+    real = registry.installed_version
+    monkeypatch.setattr(registry, "installed_version", lambda d: "9.9.9" if d == "megatron_core" else real(d))
+    monkeypatch.setattr(registry, "APPLIED", [])
     with pytest.raises(compat.CompatError) as err:
         compat.apply(CPU)
     msg = str(err.value)
     assert "megatron_core" in msg and "9.9.9" in msg and "0.10.0" in msg and "cuda-rng" in msg
-    assert compat._APPLIED == []
+    assert registry.APPLIED == []
 
 
 def test_pinned_versions_are_the_supported_ones():
     for dist, supported in compat.SUPPORTED.items():
-        assert compat.installed_version(dist) in supported, dist
+        assert registry.installed_version(dist) in supported, dist
+
+
+def test_every_patch_says_why_in_one_line_and_names_its_versions():
+    names = [p.name for p in registry.PATCHES]
+    assert len(names) == len(set(names))
+    for p in registry.PATCHES:
+        assert p.why and "\n" not in p.why and p.dists and all(d in registry.SUPPORTED for d in p.dists), p.name
+        assert p.apply.__module__.startswith("nemo_hs2.megatron.compat."), p.name
+
+
+def test_safe_loading_stays_on_outside_megatron_cores_own_loads(tmp_path):
+    """torch >= 2.6 loads with weights_only=True; the patch lifts it inside mcore's common.pt load only."""
+    import collections
+
+    import torch
+    from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+
+    compat.apply()
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in __import__("os").environ
+    obj = {"cfg": collections.OrderedDict(a=1), "fn": print}  # a pickled callable: refused by safe loading
+    torch.save(obj, tmp_path / "common.pt")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        torch.load(tmp_path / "common.pt")
+    assert TorchCommonLoadStrategy().load_common(tmp_path)["fn"] is print
+    with pytest.raises(Exception, match="[Ww]eights only"):  # and it is back on afterwards
+        torch.load(tmp_path / "common.pt")
 
 
 def test_nothing_cuda_apex_or_te_is_patched_on_a_full_ngc_stack(monkeypatch):

@@ -1,9 +1,9 @@
-"""Bad parallel layouts are rejected before any process group or model exists (rules: nemo_hs2/planner.py)."""
+"""Bad parallel layouts are rejected before any process group or model exists (rules: nemo_hs2/plan/rules.py)."""
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from nemo_hs2.config_checks import ConfigError, parallel_layout
+from nemo_hs2.plan.checks import ConfigError, parallel_layout
 from tests.conftest import CONF_DIR
 
 
@@ -49,7 +49,7 @@ def test_every_broken_rule_is_listed():
 
 
 def test_training_entry_rejects_before_any_process_group(monkeypatch):
-    import nemo_hs2.train as train
+    import nemo_hs2.megatron.train_recipe as train
 
     # Other tests in this process may have a process group already; what matters is that the rejection comes
     # before the first step towards one (patching NeMo, then the trainer that starts the group).

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
+from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES
 from nemo_hs2.data.dataset import Collator, RewardDataset, tokenize_examples
 from nemo_hs2.data.demo import demo_examples
-from nemo_hs2.data.examples import Example
-from nemo_hs2.data.template import format_example, split_helpsteer2_prompt
+from nemo_hs2.data.rows import Example
+from nemo_hs2.core.conversation import Conversation, ConversationError
+from nemo_hs2.core.render import Renderer
 
 
 class Bytes:
@@ -23,21 +24,24 @@ class Bytes:
         return list(text.encode("utf-8"))
 
 
+def steerlm(system="S"):
+    return Renderer("steerlm", Bytes(), system)
+
+
 def test_steerlm_template_single_turn():
-    ctx, resp = format_example("Hi?", "Hello.", system="S")
-    assert ctx + resp == ("<extra_id_0>System\nS\n<extra_id_1>User\nHi?\n<extra_id_1>Assistant\n"
-                          "Hello.\n<extra_id_2>")
+    assert steerlm().text(Conversation.from_helpsteer2("Hi?", "Hello.")) == (
+        "<extra_id_0>System\nS\n<extra_id_1>User\nHi?\n<extra_id_1>Assistant\nHello.\n<extra_id_2>")
 
 
 def test_helpsteer2_multi_turn_prompt_keeps_roles():
     prompt = "Q1\n<extra_id_1>Assistant\nA1\n<extra_id_1>User\nQ2"
-    assert [(t.role, t.content) for t in split_helpsteer2_prompt(prompt)] == [("User", "Q1"), ("Assistant", "A1"),
-                                                                               ("User", "Q2")]
-    ctx, _ = format_example(prompt, "A2", system="S")
-    assert ctx == ("<extra_id_0>System\nS\n<extra_id_1>User\nQ1\n<extra_id_1>Assistant\nA1\n"
-                   "<extra_id_1>User\nQ2\n<extra_id_1>Assistant\n")
-    with pytest.raises(ValueError, match="end with a user turn"):
-        split_helpsteer2_prompt("Q1\n<extra_id_1>Assistant\nA1")
+    conv = Conversation.from_helpsteer2(prompt, "A2")
+    assert [(t.role, t.content) for t in conv.turns] == [("user", "Q1"), ("assistant", "A1"), ("user", "Q2"),
+                                                          ("assistant", "A2")]
+    assert steerlm().text(conv) == ("<extra_id_0>System\nS\n<extra_id_1>User\nQ1\n<extra_id_1>Assistant\nA1\n"
+                                    "<extra_id_1>User\nQ2\n<extra_id_1>Assistant\nA2\n<extra_id_2>")
+    with pytest.raises(ConversationError, match="where 'user' was expected"):
+        Conversation.from_helpsteer2("Q1\n<extra_id_1>Assistant\nA1", "A2")
 
 
 def test_demo_set_is_deterministic_paired_and_follows_its_rules():
@@ -52,11 +56,11 @@ def test_demo_set_is_deterministic_paired_and_follows_its_rules():
 
 
 def test_truncation_keeps_the_response_end():
-    rows = [Example("p" * 50, "the end", {"helpfulness": 3.0}, pair_id=-1)]
-    ds, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=30, system="S")
+    rows = [Example.rated("p" * 50, "the end", {"helpfulness": 3.0}, pair_id=-1)]
+    ds, stats = tokenize_examples(rows, steerlm(), ["helpfulness"], max_length=30)
     assert stats.truncated == 1 and len(ds.tokens[0]) == 30
     assert bytes(ds.tokens[0].tolist()).endswith(b"the end\n<extra_id_2>")
-    ds, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=30, overlength="drop", system="S")
+    ds, stats = tokenize_examples(rows, steerlm(), ["helpfulness"], max_length=30, overlength="drop")
     assert len(ds) == 0 and stats.skipped["overlength"] == 1
 
 
@@ -79,26 +83,20 @@ def test_sampler_padding_index_is_an_unlabelled_row():
     assert batch["label_mask"].tolist() == [[True], [False]]
 
 
-def test_conversation_formatting_matches_the_training_template():
-    from nemo_hs2.inference import conversation_to_text
-
+def test_a_chat_and_a_helpsteer2_row_render_the_same():
     prompt = "Q1\n<extra_id_1>Assistant\nA1\n<extra_id_1>User\nQ2"
-    conversation = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
-                    {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
-                    {"role": "assistant", "content": "A2"}]
-    assert conversation_to_text(conversation) == format_example(prompt, "A2", system="S")
-    for bad, why in [([], "empty"), ([{"role": "user", "content": "Q"}], "last turn"),
-                     ([{"role": "assistant", "content": "A"}], "turn 0"),
-                     ([{"role": "user", "content": 3}, {"role": "assistant", "content": "A"}], "turn 0")]:
-        with pytest.raises(ValueError, match=why):
-            conversation_to_text(bad)
+    conversation = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+    assert Conversation.from_messages(conversation) == Conversation.from_helpsteer2(prompt, "A2")
+    with_system = Conversation.from_messages([{"role": "system", "content": "S"}, *conversation])
+    assert steerlm("other").text(with_system) == steerlm("S").text(Conversation.from_helpsteer2(prompt, "A2"))
 
 
 def test_preference_pairs_stay_together():
     from nemo_hs2.data.preference import PairCollator, PairDataset, demo_pairs
 
     rows, strengths = demo_pairs(3, seed=1, split="train")
-    ds, _ = tokenize_examples(rows, Bytes(), list(HELPSTEER2_ATTRIBUTES), max_length=512, system="S")
+    ds, _ = tokenize_examples(rows, steerlm(), list(HELPSTEER2_ATTRIBUTES), max_length=512)
     pairs = PairDataset(ds, np.asarray(strengths))
     batch = PairCollator(0)([pairs[2], pairs[0], pairs[-1]])
     assert batch["inputs"].shape[0] == 6  # two rows per pair, consecutive
@@ -111,14 +109,14 @@ def test_preference_pairs_stay_together():
 
 
 def test_overlength_rows_are_truncated_or_dropped_never_replaced():
-    rows = [Example("a", "short", {"helpfulness": 1.0}, pair_id=0),
-            Example("b" * 80, "long one", {"helpfulness": 2.0}, pair_id=0),
-            Example("c", "fits", {"helpfulness": 3.0}, pair_id=1)]
-    kept, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, overlength="drop", system="S")
+    rows = [Example.rated("a", "short", {"helpfulness": 1.0}, pair_id=0),
+            Example.rated("b" * 80, "long one", {"helpfulness": 2.0}, pair_id=0),
+            Example.rated("c", "fits", {"helpfulness": 3.0}, pair_id=1)]
+    kept, stats = tokenize_examples(rows, steerlm(), ["helpfulness"], max_length=100, overlength="drop")
     assert (stats.rows, stats.used, dict(stats.skipped)) == (3, 2, {"overlength": 1})
     assert kept.labels[:, 0].tolist() == [1.0, 3.0] and kept.pair_ids.tolist() == [-1, 1]  # "a" lost its partner
     assert stats.unpaired == 1
-    cut, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, system="S")
+    cut, stats = tokenize_examples(rows, steerlm(), ["helpfulness"], max_length=100)
     assert stats.truncated == 1 and cut.labels[:, 0].tolist() == [1.0, 2.0, 3.0]
     assert cut.lengths().tolist() == [80, 100, 79] and cut.full_lengths.tolist()[1] == 74 + 80 + 8
 
@@ -148,12 +146,12 @@ def test_benchmark_skips_without_data(tmp_path, capsys):
 
 def test_dropping_an_overlength_row_unpairs_its_partner():
     """overlength=drop on HelpSteer2 pairs: the partner stays (its labels still train) but leaves pairwise metrics."""
-    from nemo_hs2.metrics import pairwise_metrics
+    from nemo_hs2.core.metrics import pairwise_metrics
 
     spec = [("p0", "x" * 200, 1.0), ("p0", "y", 2.0), ("p1", "z", 4.0), ("p1", "w", 0.0), ("p2", "v", 1.0),
             ("p2", "u" * 200, 3.0)]
-    rows = [Example(p, r, {"helpfulness": h}, pair_id=i // 2) for i, (p, r, h) in enumerate(spec)]
-    ds, stats = tokenize_examples(rows, Bytes(), ["helpfulness"], max_length=100, overlength="drop", system="S")
+    rows = [Example.rated(p, r, {"helpfulness": h}, pair_id=i // 2) for i, (p, r, h) in enumerate(spec)]
+    ds, stats = tokenize_examples(rows, steerlm(), ["helpfulness"], max_length=100, overlength="drop")
     assert (stats.used, stats.skipped["overlength"], stats.unpaired) == (4, 2, 2)
     assert ds.pair_ids.tolist() == [-1, 1, 1, -1] and ds.labels[:, 0].tolist() == [2.0, 4.0, 0.0, 1.0]
     # Before: "every pair id must have exactly 2 rows". Now only pair 1 is compared.

@@ -17,9 +17,9 @@ spec.loader.exec_module(kit)
 # What the training path imports, mapped to the distributions that provide it (run in a fresh interpreter).
 CLOSURE = r"""
 import json, sys, importlib.metadata as md
-from nemo_hs2 import compat
+from nemo_hs2.megatron import compat
 compat.apply()
-import nemo_hs2.train, nemo_hs2.models.reward_model, nemo_hs2.inference
+import nemo_hs2.megatron.train_recipe, nemo_hs2.megatron.reward_model, nemo_hs2.megatron.scorer
 import nemo_aligner.algorithms.supervised, nemo_aligner.utils.train_script_utils
 import nemo.collections.nlp.parts.megatron_trainer_builder, nemo.utils.exp_manager
 pd = md.packages_distributions()
@@ -73,7 +73,7 @@ def test_chinese_text_libs_are_stood_in_for_only_where_absent():
     code = r"""
 import sys
 sys.modules["jieba"] = None; sys.modules["opencc"] = None   # as on the GPU image: not installed
-from nemo_hs2 import compat
+from nemo_hs2.megatron import compat
 assert "chinese-text-libs" in compat.apply()
 import nemo.collections.common.tokenizers.chinese_tokenizers as zh   # imports jieba / opencc eagerly
 try:
@@ -84,7 +84,7 @@ except ModuleNotFoundError as e:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "refused: jieba is not installed" in out.stdout
-    from nemo_hs2 import compat
+    from nemo_hs2.megatron import compat
 
     assert "chinese-text-libs" not in {p.name for p in compat.planned()}  # installed here: nothing to stand in for
 

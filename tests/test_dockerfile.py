@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 DOCKERFILE = ROOT / "Dockerfile"
 NGC = ROOT / "requirements" / "ngc.txt"
 LOCK = ROOT / "requirements" / "cpu.lock"
-# The packages whose exact version the code depends on (nemo_hs2.compat, NeMo-Aligner's MegatronGPTModel API).
+# The packages whose exact version the code depends on (nemo_hs2.megatron.compat, NeMo-Aligner's MegatronGPTModel API).
 EXACT = ("nemo-toolkit", "megatron-core", "nemo-aligner", "hydra-core", "omegaconf")
 
 

@@ -10,41 +10,26 @@ import re
 import numpy as np
 import pytest
 
-from nemo_hs2.data.examples import Example
+from nemo_hs2.data.rows import Example
 from nemo_hs2.evaluation import report
-from nemo_hs2.metrics import regression_metrics
+from nemo_hs2.core.metrics import regression_metrics
+from tests.fake_scorers import TextScorer
 from tests.test_rewardbench import cli_evaluation, demo_scorer
 
 ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-class FakeScorer:
-    """RewardScorer's interface with predictions read off the response text: 'h=3 c=1 o=4 x=0 v=2'."""
+class FakeScorer(TextScorer):
+    """Predictions read off the response text: 'h=3 c=1 o=4 x=0 v=2'."""
 
     attributes = ATTRS
     weights = np.array([0.3, 0.74, 0.46, 0.47, -0.33])
-    batch_size = 4
     max_length = 64
-    template = "steerlm"
 
-    def tokenize(self, conversation, truncate=True):
-        from nemo_hs2.inference import conversation_to_text
-
-        context, response = conversation_to_text(conversation, "S")
-        ids = (context + response).encode()
-        return np.frombuffer(ids[-self.max_length:] if truncate else ids, dtype=np.uint8)
-
-    def predict_one(self, conversation):
-        values = dict(re.findall(r"(\w)=(-?[\d.]+)", conversation[-1]["content"]))
-        return np.array([float(values.get(key, 2.0)) for key in "hcoxv"])
-
-    def score(self, conversations):
-        out = []
-        for c in conversations:
-            p = self.predict_one(c)
-            out.append({"attributes": dict(zip(ATTRS, p.tolist())), "reward": float(p @ self.weights)})
-        return out
+    def predict_response(self, response):
+        values = dict(re.findall(r"(\w)=(-?[\d.]+)", response))
+        return [float(values.get(key, 2.0)) for key in "hcoxv"]
 
 
 def _examples():
@@ -57,13 +42,7 @@ def _examples():
              {"helpfulness": 0, "correctness": 0, "coherence": 4, "complexity": 2, "verbosity": 0}),
             ("Q2\n<extra_id_1>Assistant\nA1\n<extra_id_1>User\nQ3", "h=4 c=4 o=4 x=2 v=3",
              {"helpfulness": 4, "correctness": 4, "coherence": 4, "complexity": 3, "verbosity": 3})]
-    return [Example(p, r, labels, pair_id=i // 2) for i, (p, r, labels) in enumerate(rows)]
-
-
-def test_multi_turn_rows_become_chats():
-    conv = report.example_conversation("Q2\n<extra_id_1>Assistant\nA1\n<extra_id_1>User\nQ3", "A2")
-    assert conv == [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A1"},
-                    {"role": "user", "content": "Q3"}, {"role": "assistant", "content": "A2"}]
+    return [Example.rated(p, r, labels, pair_id=i // 2) for i, (p, r, labels) in enumerate(rows)]
 
 
 def test_metrics_and_confusion_by_hand():
@@ -109,7 +88,7 @@ def test_plots_and_report(tmp_path):
 
 
 def test_attribute_without_labels_gets_no_plot(tmp_path):
-    examples = [Example("Q", "h=1", {"helpfulness": 1}, pair_id=-1), Example("Q", "h=3", {"helpfulness": 3})]
+    examples = [Example.rated("Q", "h=1", {"helpfulness": 1}, pair_id=-1), Example.rated("Q", "h=3", {"helpfulness": 3})]
     result = report.evaluate_helpsteer2(FakeScorer(), examples, progress=False)
     plots = report.write_plots(result, str(tmp_path))
     assert list(plots["pred_vs_true"]) == ["helpfulness"]
@@ -149,7 +128,7 @@ def test_report_predictions_match_the_offline_inference_api(tmp_path_factory):
 
     examples, _ = read_examples(cli["hs2_file"])
     scorer = demo_scorer(tmp_path_factory)
-    offline = scorer.score([report.example_conversation(e.prompt, e.response) for e in examples])
+    offline = scorer.score([e.conversation for e in examples])
     for p, o in zip(preds, offline):
         assert p["reward"] == pytest.approx(o["reward"], abs=1e-5)
         assert list(p["pred"].values()) == pytest.approx(list(o["attributes"].values()), abs=1e-5)

@@ -5,9 +5,11 @@ checks that no process of that session outlives it.
 """
 
 import contextlib
+import datetime
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -297,6 +299,134 @@ def test_dead_rank_in_a_pipeline_ends_the_job_for_requeue(tmp_path):
     assert code == EXIT_PREEMPTED and "rank 0: lost another rank" in log and survivor_s < 60, log[-5000:]
 
 
+# ------------------------------------------------------------------- a pre-emption that every rank completes
+# The training entry with rank 1 slower to reach the exit (as on a loaded node); "rank0_leaves_early" is the
+# mutation the test must catch: rank 0 skips the agreement and exits 75 at once.
+PREEMPT_WORKER = """
+import os, runpy, sys, time
+import torch
+from nemo_hs2.megatron import faults
+mode, real = sys.argv[1], faults.leave_after_preemption
+def leave(timeout_s):
+    if mode == "rank0_leaves_early" and torch.distributed.get_rank() == 0:
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(faults.EXIT_PREEMPTED)
+    if torch.distributed.get_rank() == 1:
+        time.sleep(3.0)
+    return real(timeout_s)
+faults.leave_after_preemption = leave
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+KILL_WAIT_S = 30  # slurm.conf KillWait's default: SIGTERM, then SIGKILL this much later
+
+
+@contextlib.contextmanager
+def cpu_burners():
+    """One busy loop per core beside the run, so a race between the ranks' exits shows if it is there."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+
+
+def launch_like_srun(procs, timeout=600):
+    """Wait for every rank as ``srun --kill-on-bad-exit=1`` does: at the first non-zero exit, SIGTERM to every
+    process of the other tasks, SIGKILL after KillWait. Returns {rank: (status, seconds since the epoch)}."""
+    exits, bad_exit_at, deadline = {}, None, time.time() + timeout
+    while len(exits) < len(procs) and time.time() < deadline:
+        for rank, proc in enumerate(procs):
+            if rank in exits or proc.poll() is None:
+                continue
+            exits[rank] = (proc.returncode, time.time())
+            if proc.returncode != 0 and bad_exit_at is None:
+                bad_exit_at = time.time()
+                for other in procs:
+                    if other.poll() is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(other.pid, signal.SIGTERM)
+        if bad_exit_at is not None and time.time() - bad_exit_at > KILL_WAIT_S:
+            for other in procs:
+                if other.poll() is None:
+                    os.killpg(other.pid, signal.SIGKILL)
+        time.sleep(0.01)
+    return exits
+
+
+def preempt_two_ranks(log_dir, mode="agree"):
+    """TP=2, both ranks pre-empted by SIGUSR1 (what `scancel --signal=USR1` and `--signal=USR1@N` deliver) under load."""
+    layout = ["trainer.devices=2", "model.tensor_model_parallel_size=2", "trainer.rm.save_interval=12",
+              "trainer.rm.val_check_interval=12", "collective_timeout_s=60"]
+    with cpu_burners():
+        procs = start_ranks(log_dir, *layout, script="-c", prefix=[PREEMPT_WORKER, mode, SCRIPT])
+        rank0_log = procs[0][1]
+        deadline = time.time() + 600
+        while "Training steps" not in Path(rank0_log.name).read_text(errors="replace"):
+            assert all(p.poll() is None for p, _ in procs) and time.time() < deadline, "no training started"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        for proc, _ in procs:  # the step's every process, as slurmstepd signals them
+            os.killpg(proc.pid, signal.SIGUSR1)
+        exits = launch_like_srun([p for p, _ in procs])
+    codes, logs = finish_ranks(procs, timeout=1)
+    return exits, codes, logs
+
+
+def preemption_violations(log_dir, exits, codes, logs):
+    """What went wrong, if anything: a rank not exiting 75 by itself, a rank leaving before every rank had written
+    its part of the checkpoint, or an incomplete checkpoint."""
+    found = []
+    if codes != [EXIT_PREEMPTED] * 2:
+        found.append(f"exit statuses {codes} (a negative one: killed by that signal after a peer left)")
+    written = {}
+    for rank, log in enumerate(logs):
+        m = re.search(rf"rank {rank}: pre-emption checkpoint part written at (\S+);", log)
+        if m:
+            written[rank] = datetime.datetime.fromisoformat(m.group(1)).timestamp()
+        else:
+            found.append(f"rank {rank} never said its part was written")
+        if f"rank {rank}: all 2 ranks wrote their part of the checkpoint" not in log:
+            found.append(f"rank {rank} did not agree with the others: {log[-400:]}")
+    first_exit = min(t for _, t in exits.values()) if exits else None
+    if written and first_exit is not None and first_exit < max(written.values()):
+        found.append(f"a rank left {max(written.values()) - first_exit:.2f} s before every rank had written its part")
+    doc = json.loads((Path(log_dir) / "metrics.json").read_text())
+    ckpt_dir = Path(log_dir) / "checkpoints"
+    if not (doc["preempted"] and 0 < doc["steps"] < 12):
+        found.append(f"not a pre-emption mid-run: {doc['preempted']=}, {doc['steps']=}")
+    elif not any(f"step={doc['steps']}-" in n and n.endswith("-last") for n in checkpoints(log_dir)):
+        found.append(f"no checkpoint of step {doc['steps']}: {checkpoints(log_dir)}")
+    if ckpt_dir.is_dir() and any(p.name.endswith("-unfinished") for p in ckpt_dir.iterdir()):
+        found.append(f"an unfinished checkpoint: {sorted(p.name for p in ckpt_dir.iterdir())}")
+    return found
+
+
+@pytest.mark.parametrize("attempt", range(int(os.environ.get("NEMO_HS2_PREEMPT_REPEATS", "1"))))
+def test_preemption_under_load_every_rank_writes_and_agrees_before_any_leaves(tmp_path, attempt):
+    """Rank 1 reaches the exit 3 s after rank 0, CPU burners beside them, a launcher that kills the others at the
+    first non-zero exit (srun --kill-on-bad-exit): both ranks still exit 75 themselves, none before both have
+    written their part, and the checkpoint is complete (its weights load)."""
+    log_dir = tmp_path / "preempted"
+    exits, codes, logs = preempt_two_ranks(log_dir)
+    spread = max(t for _, t in exits.values()) - min(t for _, t in exits.values())
+    print(f"pre-emption under load: exits {exits}, {spread:.2f} s between the first and the last")
+    assert preemption_violations(log_dir, exits, codes, logs) == []
+    assert weights(last_checkpoint(log_dir), tmp_path)
+
+
+def test_preemption_test_catches_a_rank_that_leaves_early(tmp_path):
+    """The mutation: rank 0 leaves without waiting. The checks above must fail on it."""
+    log_dir = tmp_path / "mutant"
+    exits, codes, logs = preempt_two_ranks(log_dir, mode="rank0_leaves_early")
+    found = preemption_violations(log_dir, exits, codes, logs)
+    print("the mutant's violations:", found)
+    assert any("before every rank had written its part" in v for v in found), found
+    assert any("rank 1 did not agree" in v for v in found), found
+
+
 def process_state(pid):
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rindex(")") + 2]
@@ -344,7 +474,7 @@ def test_nonfinite_gradients_with_megatron_distributed_optimizer(tmp_path):
 
 
 def test_only_a_lost_peer_counts_as_one():
-    from nemo_hs2.faults import NonFiniteStepError, lost_peer
+    from nemo_hs2.megatron.faults import NonFiniteStepError, lost_peer
 
     # as gloo raised them here (rank 1 SIGKILLed; rank 1 stopped, 8 s timeout)
     assert lost_peer(RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
@@ -359,14 +489,15 @@ def test_only_a_lost_peer_counts_as_one():
 
 RNG_LOAD = """
 import os, sys, torch
-from nemo_hs2 import compat
+from nemo_hs2.megatron import compat
+from nemo_hs2.megatron.build import seed_model_parallel_rng
 compat.apply()
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
-from nemo_hs2.faults import RngStateCheckpoint, rng_state
+from nemo_hs2.megatron.faults import RngStateCheckpoint, rng_state
 torch.distributed.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:" + sys.argv[2])
 parallel_state.initialize_model_parallel()
-compat.seed_model_parallel_rng(1)
+seed_model_parallel_rng(1)
 callback, old = RngStateCheckpoint(), os.path.join(sys.argv[1], "old")
 os.makedirs(old)
 dist_checkpointing.save({"w": ShardedTensor.from_rank_offsets("w", torch.ones(2))}, old)  # no RNG state in it

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES as HS2
-from nemo_hs2.models.head_layout import ALIGNER_9SLOT, head_attributes, resolve_layout
+from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES as HS2
+from nemo_hs2.megatron.head_layout import ALIGNER_9SLOT, head_attributes, resolve_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "workers" / "aligner_rm.py")
@@ -61,7 +61,7 @@ def test_a_layout_that_cannot_name_the_head_is_refused(regression, layout, wante
 
 
 def test_head_layout_needs_a_reward_model_start(tmp_path):
-    from nemo_hs2.train import check_init
+    from nemo_hs2.megatron.train_recipe import check_init
 
     ckpt = tmp_path / "m.nemo"
     ckpt.write_bytes(b"")

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from nemo_hs2.data import helpsteer3 as hs3
 from nemo_hs2.data.sources import BadRowError
-from nemo_hs2.losses import bradley_terry_sum
+from nemo_hs2.core.losses import bradley_terry_sum
+from nemo_hs2.core.render import Renderer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "helpsteer3_sample.jsonl"
@@ -58,8 +58,7 @@ def test_a_tie_reaches_the_loss_as_a_strength_zero_pair():
     pairs = hs3.read_helpsteer3(FIXTURE, domains=["Code"])
     rows, strengths = hs3.pair_examples(pairs)
     tok = type("Bytes", (), {"text_to_ids": staticmethod(lambda t: list(t.encode())), "eos_id": 0})()
-    ds, _ = tokenize_examples(rows, tok, ["helpfulness"], max_length=4096,
-                              formatter=hs3.ConversationFormat(_steerlm(tok)))
+    ds, _ = tokenize_examples(rows, Renderer("steerlm", tok), ["helpfulness"], max_length=4096)
     batch = PairCollator(0)([PairDataset(ds, np.asarray(strengths))[i] for i in range(2)])
     assert batch["preference"].tolist() == [0.0, 0.0, -1.0, -1.0]  # the tie is a pair like any other
     assert batch["pair_ids"].tolist() == [0, 0, 1, 1]
@@ -102,49 +101,15 @@ def test_bad_rows_name_file_line_and_field(tmp_path, change, field, detail):
     assert len(skipped) == 5 and sum(skipped.skipped.values()) == 1
 
 
-def _steerlm(tok, system=None):
-    from nemo_hs2.data.build import make_formatter
-
-    return make_formatter(OmegaConf.create({"template": "steerlm", "system_prompt": system}), tok)
-
-
-class _Model:
-    """What RewardScorer reads from a model, without one."""
-
-    def __init__(self, tokenizer, template, system):
-        self.tokenizer, self.attributes = tokenizer, ("helpfulness",)
-        self.cfg = OmegaConf.create({"template": template, "system_prompt": system, "encoder_seq_length": 4096})
-
-
-@pytest.mark.parametrize("template, system", [("steerlm", None), ("steerlm", "Be brief."), ("hf_chat", None),
-                                              ("hf_chat", "Be brief.")])
-def test_training_rows_are_the_scorers_tokens(template, system):
-    """A HelpSteer3 conversation trains on exactly the tokens RewardScorer later scores it with."""
-    from nemo_hs2.data.build import make_formatter
-    from nemo_hs2.inference import RewardScorer
-    from tests.test_chat_template import tiny_tokenizer
-
-    hf = tiny_tokenizer()
-    tok = type("Tok", (), {"tokenizer": hf, "eos_id": hf.eos_token_id,
-                           "text_to_ids": staticmethod(lambda t: hf.encode(t, add_special_tokens=False))})()
-    fmt = hs3.ConversationFormat(make_formatter(OmegaConf.create({"template": template, "system_prompt": system}),
-                                                tok))
-    scorer = RewardScorer(_Model(tok, template, system), weights={"helpfulness": 1.0})
-    rows, _ = hs3.pair_examples(hs3.read_helpsteer3(FIXTURE))
-    for row in rows:
-        conversation = [*row.messages, {"role": "assistant", "content": row.response}]
-        assert fmt.ids(row) == scorer.tokenize(conversation).tolist()
-
-
 def test_multi_turn_context_with_a_system_turn_renders_by_hand():
     tok = type("Chars", (), {"text_to_ids": staticmethod(lambda t: [ord(c) for c in t]), "eos_id": 0})()
     row = hs3.pair_examples(hs3.read_helpsteer3(FIXTURE)[1:2])[0][0]
-    text = "".join(map(chr, hs3.ConversationFormat(_steerlm(tok)).ids(row)))
+    text = "".join(map(chr, Renderer("steerlm", tok).ids(row.conversation)))
     assert text == ("<extra_id_0>System\nYou are a physics tutor.\n<extra_id_1>User\nWhat is g?\n"
                     "<extra_id_1>Assistant\nIt is the gravitational acceleration.\n<extra_id_1>User\n"
                     "What is its value on Earth?\n<extra_id_1>Assistant\nAbout 10.\n<extra_id_2>")
     plain = hs3.pair_examples(hs3.read_helpsteer3(FIXTURE)[:1])[0][0]  # no system turn: the configured one
-    assert "".join(map(chr, hs3.ConversationFormat(_steerlm(tok, "Sys.")).ids(plain))).startswith(
+    assert "".join(map(chr, Renderer("steerlm", tok, "Sys.").ids(plain.conversation))).startswith(
         "<extra_id_0>System\nSys.\n<extra_id_1>User\nSuggest a weekend hobby.\n")
 
 

@@ -3,7 +3,7 @@
 The parity worker (tests/parallel/hf_export_parity.py) imports tiny random Llama 3 / Llama 3.1 / Nemotron models,
 gives them a random head with a nonzero bias, saves and reloads the RM .nemo, exports both head modes and compares
 ``AutoModelForSequenceClassification`` (through its chat template, right padding and its own last-token read) with
-``nemo_hs2.inference.RewardScorer`` on 24 conversations (1-3 turns, 60-700 tokens, batches of 8 with padding).
+``nemo_hs2.megatron.scorer.RewardScorer`` on 24 conversations (1-3 turns, 60-700 tokens, batches of 8 with padding).
 """
 
 import json
@@ -14,9 +14,10 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from nemo_hs2.data.template import DEFAULT_SYSTEM
-from nemo_hs2.inference import conversation_to_text
-from nemo_hs2.models import hf, hf_export
+from nemo_hs2.core.conversation import Conversation
+from nemo_hs2.core.render import DEFAULT_SYSTEM, Renderer, steerlm_chat_template
+from nemo_hs2.hf import mapping as hf
+from nemo_hs2.hf import exporter as hf_export
 from tests.hf import tiny_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +29,14 @@ FAMILIES = ("llama3", "llama31", "nemotron")
 # ------------------------------------------------------------------------------------------------ fast
 def test_steerlm_chat_template_renders_the_training_text():
     tok = tiny_models.tokenizer()
-    tok.chat_template = hf_export.steerlm_chat_template(DEFAULT_SYSTEM)
+    tok.chat_template = steerlm_chat_template(DEFAULT_SYSTEM)
+    renderer = Renderer("steerlm", tok)
     convs = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
              [{"role": "system", "content": "Be brief.\n"}, {"role": "user", "content": " a\n"},
               {"role": "assistant", "content": "b "}, {"role": "user", "content": "c"},
               {"role": "assistant", "content": "  d\n\n"}]]
     for conv in convs:
-        assert tok.apply_chat_template(conv, tokenize=False) == "".join(conversation_to_text(conv))
+        assert tok.apply_chat_template(conv, tokenize=False) == renderer.text(Conversation.from_messages(conv))
 
 
 def _nemo_cfg(**kw):

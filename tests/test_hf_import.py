@@ -15,7 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nemo_hs2.models import checkpoint_config, hf
+from nemo_hs2.megatron import checkpoint_config
+from nemo_hs2.hf import mapping as hf
 from tests.hf import tiny_models
 from tests.parallel.torchrun_io import torchrun as launch
 
@@ -71,7 +72,7 @@ def test_gpt_neox_is_megatrons_classic_gpt_or_refused(change, field):
 
 
 def test_importer_refuses_an_unknown_architecture_before_loading_anything(tmp_path):
-    from nemo_hs2.models.hf_import import run
+    from nemo_hs2.hf.importer import run
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     cfg = OmegaConf.create({"input": str(tmp_path), "input_gguf": None, "output": str(tmp_path.parent / "o.nemo")})

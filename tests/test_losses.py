@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nemo_hs2.losses import BT_KINDS, LOSS_NAMES, bradley_terry_sum, masked_mse_sum
+from nemo_hs2.core.losses import BT_KINDS, LOSS_NAMES, bradley_terry_sum, masked_mse_sum
 
 NAN = float("nan")
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from nemo_hs2.metrics import confusion_matrix, pairwise_metrics, pearson, regression_metrics, unpair_incomplete
+from nemo_hs2.core.metrics import confusion_matrix, pairwise_metrics, pearson, regression_metrics, unpair_incomplete
 
 NAN = float("nan")
 
@@ -158,7 +158,7 @@ def test_confusion_matrix():
 def test_strict_json_turns_nan_and_numpy_into_plain_json():
     import json
 
-    from nemo_hs2.metrics import strict_json
+    from nemo_hs2.core.metrics import strict_json
 
     doc = strict_json({"a": float("nan"), "b": [np.float32(1.5), np.int64(2), (float("inf"),)], "c": "x"})
     assert doc == {"a": None, "b": [1.5, 2, [None]], "c": "x"}

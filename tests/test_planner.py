@@ -10,8 +10,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nemo_hs2 import planner
-from nemo_hs2.config_checks import ConfigError, parallel_layout
+from nemo_hs2.plan import PlanOptions, check_rules, format_table, make_plan
+from nemo_hs2.plan.arch import Arch, arch_of, parameter_counts
+from nemo_hs2.plan.checks import ConfigError, parallel_layout
+from nemo_hs2.plan.compute import compute_estimate, forward_flops, padded_width_distribution
+from nemo_hs2.plan.layout import vocab_padding
+from nemo_hs2.plan.memory import GIB, activation_bytes_per_layer, does_not_fit, memory_estimate
 from tests.conftest import CONF_DIR, ROOT
 
 CKPT = "init.restore_from_path=/models/base.nemo"
@@ -40,7 +44,7 @@ def edit(base: tuple, changes: dict):
 
 def plan(*overrides, **options):
     cfg = load(*overrides)
-    return planner.make_plan(cfg, planner.plan_options(cfg, options))
+    return make_plan(cfg, PlanOptions.from_config(cfg, options))
 
 
 # ------------------------------------------------------------------------------------------------ presets
@@ -57,14 +61,14 @@ def test_preset_parameter_counts_match_published_sizes(name, published, layers, 
     m = cfg.model
     assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size) == \
         (layers, hidden, heads, groups, ffn)
-    p = planner.make_plan(cfg)
+    p = make_plan(cfg)
     c = p.params
     assert c["lm_with_output_layer"] == pytest.approx(published, rel=0.01)  # published sizes include the LM head
     assert c["lm_output_layer"] == vocab * hidden
     # the reward model drops the LM output layer for a 5-output head; training still allocates it (padded)
     assert c["reward_model"] == c["lm_with_output_layer"] - vocab * hidden + hidden * 5 + 5
     assert c["allocated_padded"] >= c["reward_model"] + vocab * hidden
-    table = planner.format_table(p)
+    table = format_table(p)
     assert "LM incl. output layer (compare published sizes)" in table
     assert "LM output layer (allocated, unused by the head)" in table
 
@@ -96,8 +100,8 @@ def test_presets_keep_the_checkpoint_tokenizer(name, kept):
 
 
 def test_vocab_padding():
-    assert plan("+recipe=hs2_llama3_70b", CKPT).vocab["padded"] == 129024  # 128,256 to a multiple of 128 x TP 8
-    assert plan().vocab == {"size": 259, "make_vocab_size_divisible_by": 256, "multiple": 256, "padded": 512,
+    assert plan("+recipe=hs2_llama3_70b", CKPT).vocab.padded == 129024  # 128,256 to a multiple of 128 x TP 8
+    assert plan().vocab.to_dict() == {"size": 259, "make_vocab_size_divisible_by": 256, "multiple": 256, "padded": 512,
                             "dummy_rows": 253}  # NeMo's byte-level tokenizer
 
 
@@ -138,15 +142,15 @@ def test_published_70b_recipe_fits_80gb():
 def test_every_recipe_fits_80gb(recipe, nodes, tp, pp):
     p = plan(f"+recipe={recipe}", CKPT)
     assert p.ok, p.errors
-    assert (p.layout["nodes"], p.layout["tp"], p.layout["pp"]) == (nodes, tp, pp)
+    assert (p.layout.nodes, p.layout.tp, p.layout.pp) == (nodes, tp, pp)
     assert p.memory["fits"] and p.memory["peak"] <= 80
 
 
 def test_preference_recipe_counts_pairs():
     cfg = load("+recipe=hs2p_llama3_1_70b_scaled_bt", CKPT)
     assert cfg.model.regression.loss_func == "scaled_bt" and cfg.init.mode == "reward_model"
-    p = planner.make_plan(cfg)
-    assert p.layout["samples_are"] == "pairs" and p.layout["sequences_per_micro_batch"] == 2
+    p = make_plan(cfg)
+    assert p.layout.samples_are == "pairs" and p.layout.sequences_per_micro_batch == 2
     assert p.compute["tokens_per_step"] == 64 * 2 * 4096
 
 
@@ -156,8 +160,8 @@ def test_helpsteer3_recipe_composes():
                                                                           ["General", "STEM", "Code"])
     assert cfg.model.regression.loss_func == "scaled_bt" and cfg.init.mode == "base"
     assert cfg.model.scale_positional_embedding and cfg.model.encoder_seq_length == 4096
-    p = planner.make_plan(cfg)
-    assert p.layout["samples_are"] == "pairs" and p.compute["steps"] == 600
+    p = make_plan(cfg)
+    assert p.layout.samples_are == "pairs" and p.compute["steps"] == 600
 
 
 # ------------------------------------------------------------------------------------------------ refusals
@@ -170,7 +174,7 @@ def test_340b_on_12_nodes_does_not_fit():
         parallel_layout(cfg)
     assert "does not fit" in str(err.value) and "plan.gpu_memory_gb=80" in str(err.value)
     # ... but it does on 141 GiB GPUs (H200)
-    assert planner.make_plan(cfg, planner.plan_options(cfg, {"gpu_memory_gb": 141})).ok
+    assert make_plan(cfg, PlanOptions.from_config(cfg, {"gpu_memory_gb": 141})).ok
 
 
 def test_memory_is_checked_only_on_gpu():
@@ -224,9 +228,9 @@ def test_run_readiness_is_a_note_for_the_planner_and_an_error_for_training():
 def test_activation_formula_reproduces_korthikanti_table_2():
     """GPT (4h MLP, multi-head attention): per-layer activations of Korthikanti et al. 2022, table 2."""
     s, b, h, a, t = 2048, 1, 12288, 96, 8
-    gpt = planner.Arch(layers=1, hidden=h, ffn=4 * h, heads=a, groups=a, head_dim=h // a, vocab=None,
+    gpt = Arch(layers=1, hidden=h, ffn=4 * h, heads=a, groups=a, head_dim=h // a, vocab=None,
                        padded_vocab=None, gated=False, norm=2 * h, bias=True, learned_pos=0, attributes=1)
-    act = lambda **kw: planner.activation_bytes_per_layer(gpt, seq=s, seqs=b, tp=t, **kw)  # noqa: E731
+    act = lambda **kw: activation_bytes_per_layer(gpt, seq=s, seqs=b, tp=t, **kw)  # noqa: E731
     assert act(sp=False, keep_scores=True) == pytest.approx(s * b * h * (10 + 24 / t + 5 * a * s / (h * t)))
     assert act(sp=True, keep_scores=True) == pytest.approx(s * b * h / t * (34 + 5 * a * s / h))
     assert act(sp=False, keep_scores=False) == pytest.approx(s * b * h * (10 + 24 / t))  # selective
@@ -260,14 +264,14 @@ def test_plan_cli_prints_a_table_and_json(capsys, tmp_path):
 
 
 def test_check_rules_reads_the_layout_and_lists_broken_rules():
-    good = planner.check_rules(load("+recipe=hs2_llama3_70b", CKPT))
-    assert not good.errors and (good.layout["dp"], good.layout["num_microbatches"]) == (4, 16)
-    assert good.vocab["padded"] == planner.vocab_padding(128256, 128, 8)
-    bad = planner.check_rules(edit(("+recipe=hs2_llama3_70b", CKPT), {"model.pipeline_model_parallel_size": 3}))
-    assert bad.layout["dp"] == 0 and any("num_layers (80) must be divisible" in e for e in bad.errors)
+    good = check_rules(load("+recipe=hs2_llama3_70b", CKPT))
+    assert not good.errors and (good.layout.dp, good.layout.num_microbatches) == (4, 16)
+    assert good.vocab.padded == vocab_padding(128256, 128, 8)
+    bad = check_rules(edit(("+recipe=hs2_llama3_70b", CKPT), {"model.pipeline_model_parallel_size": 3}))
+    assert bad.layout.dp == 0 and any("num_layers (80) must be divisible" in e for e in bad.errors)
     # run readiness: a note for the planner, an error when strict (training)
-    assert planner.check_rules(load("+recipe=hs2_llama3_70b")).notes
-    assert planner.check_rules(load("+recipe=hs2_llama3_70b"), strict=True).errors
+    assert check_rules(load("+recipe=hs2_llama3_70b")).notes
+    assert check_rules(load("+recipe=hs2_llama3_70b"), strict=True).errors
 
 
 def test_parameter_counts_match_transformers():
@@ -275,39 +279,39 @@ def test_parameter_counts_match_transformers():
     transformers has exactly the planner's 'LM incl. output layer' count."""
     import transformers
 
-    arch = planner.Arch(layers=3, hidden=32, ffn=80, heads=4, groups=2, head_dim=8, vocab=100, padded_vocab=128,
+    arch = Arch(layers=3, hidden=32, ffn=80, heads=4, groups=2, head_dim=8, vocab=100, padded_vocab=128,
                         gated=True, norm=32, bias=False, learned_pos=0, attributes=5)
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=100, hidden_size=32, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, tie_word_embeddings=False))
-    counts = planner.parameter_counts(arch)
+    counts = parameter_counts(arch)
     assert counts["lm_with_output_layer"] == sum(p.numel() for p in llama.parameters())
     assert counts["reward_model"] == counts["lm_with_output_layer"] - 100 * 32 + 32 * 5 + 5
     assert counts["allocated_padded"] == counts["lm_with_output_layer"] + 2 * 28 * 32 + 32 * 5 + 5
 
 
 def test_parameter_counts_are_printed_whatever_the_layout():
-    p = planner.make_plan(load("model=nemotron4_340b"))  # TP 8 on one CPU process: the layout is wrong
+    p = make_plan(load("model=nemotron4_340b"))  # TP 8 on one CPU process: the layout is wrong
     assert not p.ok and p.params["lm_with_output_layer"] == pytest.approx(341.03e9, rel=1e-4)
-    assert not p.memory and "341.03 B" in planner.format_table(p)
+    assert not p.memory and "341.03 B" in format_table(p)
 
 
 def test_memory_estimate_adds_up():
-    checks = planner.check_rules(load("+recipe=hs2_llama3_70b", CKPT))
-    arch = planner.model_arch(load("+recipe=hs2_llama3_70b", CKPT).model, checks.layout, checks.vocab)
-    opts = planner.plan_options()
-    mem = planner.memory_estimate(arch, checks.layout, opts)
+    checks = check_rules(load("+recipe=hs2_llama3_70b", CKPT))
+    arch = arch_of(load("+recipe=hs2_llama3_70b", CKPT).model, checks.layout, checks.vocab)
+    opts = PlanOptions()
+    mem = memory_estimate(arch, checks.layout, opts)
     first = mem["first_stage"]
-    params = 40 * arch.layer_params(8) + checks.vocab["padded"] * 8192 / 8  # 80 layers / PP 2, embedding / TP 8
+    params = 40 * arch.layer_params(8) + checks.vocab.padded * 8192 / 8  # 80 layers / PP 2, embedding / TP 8
     assert first["params"] == round(params)
-    assert first["weights"] == pytest.approx(params * 2 / planner.GIB)                   # bf16 O2
-    assert first["optimizer"] == pytest.approx(params * 12 / 4 / planner.GIB)            # distributed over DP 4
+    assert first["weights"] == pytest.approx(params * 2 / GIB)                   # bf16 O2
+    assert first["optimizer"] == pytest.approx(params * 12 / 4 / GIB)            # distributed over DP 4
     tensors = first["weights"] + first["gradients"] + first["optimizer"] + first["activations_full"]
     assert first["total"] == pytest.approx(tensors * 1.1 + 5)
     assert mem["fits"] and mem["peak"] == max(first["total"], mem["last_stage"]["total"])
-    assert "does not fit: " in planner.does_not_fit(mem, checks.layout)
-    bad = planner.check_rules(edit(("+recipe=hs2_llama3_70b", CKPT), {"trainer.devices": 7}))
-    assert planner.memory_estimate(arch, bad.layout, opts) is None  # no data-parallel size: nothing to size
+    assert "does not fit: " in does_not_fit(mem, checks.layout)
+    bad = check_rules(edit(("+recipe=hs2_llama3_70b", CKPT), {"trainer.devices": 7}))
+    assert memory_estimate(arch, bad.layout, opts) is None  # no data-parallel size: nothing to size
 
 
 def test_padded_width_distribution_matches_enumeration():
@@ -316,28 +320,28 @@ def test_padded_width_distribution_matches_enumeration():
     hist = {"bin_width": 8, "counts": {"16": 3, "24": 1, "64": 2, "4104": 1}}  # one row past seq_length 4096
     rows = [16] * 3 + [24] + [64] * 2 + [4096]
     for k in (1, 2, 3):
-        widths = planner.padded_width_distribution(hist, k, 4096)
+        widths = padded_width_distribution(hist, k, 4096)
         draws = list(itertools.product(rows, repeat=k))
         for w in (16, 24, 64, 4096):
             assert widths[w] == pytest.approx(sum(max(d) == w for d in draws) / len(draws))
-    assert planner.padded_width_distribution(hist, 4, 4096, length_grouped=True) == \
-        planner.padded_width_distribution(hist, 1, 4096)
+    assert padded_width_distribution(hist, 4, 4096, length_grouped=True) == \
+        padded_width_distribution(hist, 1, 4096)
 
 
 def test_compute_estimate_by_hand():
     cfg = load("+recipe=hs2_llama3_70b", CKPT)
-    checks = planner.check_rules(cfg)
-    arch = planner.model_arch(cfg.model, checks.layout, checks.vocab)
-    opts = planner.plan_options()
+    checks = check_rules(cfg)
+    arch = arch_of(cfg.model, checks.layout, checks.vocab)
+    opts = PlanOptions()
     s, L, h = 4096, 80, 8192
     fwd = 2 * s * L * (h * (64 + 16) * 128 + 64 * 128 * h + 3 * h * 28672) + 4 * s * s * 64 * 128 * L + 2 * h * 5
-    c = planner.compute_estimate(arch, checks.layout, opts, train_rows=20324, max_steps=-1, epochs=2)
+    c = compute_estimate(arch, checks.layout, opts, train_rows=20324, max_steps=-1, epochs=2)
     assert c["model_flops_per_step"] == pytest.approx(3 * fwd * 128)
     assert c["step_time_s"] == c["step_time_at_seq_length_s"] == pytest.approx(3 * fwd * 128 / (64 * 989e12 * 0.3))
     assert (c["steps_per_epoch"], c["steps"]) == (158, 316)
     # at the data's widths: every micro-batch 1000 or 2000 tokens wide, equally likely
-    w = planner.compute_estimate(arch, checks.layout, opts, widths={1000: 0.5, 2000: 0.5})
-    at = lambda n: planner.forward_flops(arch, n) * 3 * 128 / (64 * 989e12 * 0.3)  # noqa: E731
+    w = compute_estimate(arch, checks.layout, opts, widths={1000: 0.5, 2000: 0.5})
+    at = lambda n: forward_flops(arch, n) * 3 * 128 / (64 * 989e12 * 0.3)  # noqa: E731
     assert w["expected_padded_length"] == 1500 and w["step_time_s"] == pytest.approx((at(1000) + at(2000)) / 2)
     assert w["step_time_at_seq_length_s"] == c["step_time_s"]
 
@@ -354,6 +358,28 @@ def test_plan_reads_the_data_report(tmp_path):
     grouped = plan("+recipe=hs2_llama3_70b", CKPT, "data.length_grouped=true", data_report=str(report)).compute
     assert grouped["expected_padded_length"] == pytest.approx(0.6 * 512 + 0.4 * 1024)
     assert c["step_time_s"] < c["step_time_at_seq_length_s"] and c["train_rows"] == 1000
-    table = planner.format_table(p)
+    table = format_table(p)
     assert "(every row at seq_length 4,096)" in table and "expected padded length" in table
     assert not plan("+recipe=hs2_llama3_70b", CKPT, data_report=str(tmp_path / "none.json")).ok
+
+
+def test_plan_cli_runs_without_torch_or_nemo(tmp_path):
+    """examples/plan.py runs on a login node: with torch, NeMo, Megatron, transformers (and numpy) unimportable."""
+    import subprocess
+
+    blocker = tmp_path / "blocked.py"
+    blocker.write_text(
+        "import runpy, sys\n"
+        "BLOCKED = {'torch', 'nemo', 'megatron', 'nemo_aligner', 'lightning', 'pytorch_lightning', 'transformers',\n"
+        "           'apex', 'transformer_engine', 'numpy'}\n"
+        "class Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'blocked: {name}')\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "sys.argv = ['plan.py', *sys.argv[1:]]\n"
+        f"runpy.run_path({str(ROOT / 'examples' / 'plan.py')!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, str(blocker), "+recipe=hs2_llama3_70b", CKPT], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checks: OK" in proc.stdout and "peak 57.6 GiB (first stage)" in proc.stdout

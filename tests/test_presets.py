@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from nemo_hs2 import compat
-from nemo_hs2.models import rotary
+from nemo_hs2.megatron import compat
+from nemo_hs2.megatron import rotary
+from nemo_hs2.megatron.layernorm1p import LayerNorm1P, LayerNorm1PError
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml") if p.stem != "gpu_common")
@@ -41,7 +42,7 @@ def test_layernorm1p_equals_transformers_nemotron_layernorm1p():
 
     config = TransformerConfig(num_layers=1, hidden_size=48, num_attention_heads=4, normalization="LayerNorm",
                                layernorm_zero_centered_gamma=True)
-    ours = compat.LayerNorm1P(config, 48, eps=1e-5)
+    ours = LayerNorm1P(config, 48, eps=1e-5)
     assert float(ours.weight.detach().abs().max()) == 0.0  # zero-centred: a fresh norm scales by 1, as apex's does
     ref = NemotronLayerNorm1P(48, eps=1e-5)
     g = torch.Generator().manual_seed(0)
@@ -60,8 +61,8 @@ def test_layernorm1p_refuses_what_it_cannot_compute():
 
     config = TransformerConfig(num_layers=1, hidden_size=48, num_attention_heads=4, normalization="RMSNorm",
                                layernorm_zero_centered_gamma=True)
-    with pytest.raises(compat.CompatError, match="normalization=RMSNorm"):
-        compat.LayerNorm1P(config, 48)
+    with pytest.raises(LayerNorm1PError, match="normalization=RMSNorm"):
+        LayerNorm1P(config, 48)
 
 
 def test_the_stand_in_is_planned_only_without_apex_and_te():

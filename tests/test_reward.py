@@ -3,8 +3,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
-from nemo_hs2.reward import PRESETS, combine, resolve_weights
+from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES
+from nemo_hs2.core.reward_weights import PRESETS, combine, resolve_weights
 
 
 def test_preset_values_exact():
@@ -88,9 +88,9 @@ def test_combine_shape_mismatch():
 
 
 def test_weights_for_restricts_a_preset_and_names_what_it_dropped(caplog):
-    from nemo_hs2.reward import weights_for
+    from nemo_hs2.core.reward_weights import weights_for
 
-    with caplog.at_level("WARNING", logger="nemo_hs2.reward"):
+    with caplog.at_level("WARNING", logger="nemo_hs2.core.reward_weights"):
         got = weights_for("llama3_70b", ("verbosity", "helpfulness"))
     assert got == {"verbosity": -0.4, "helpfulness": 0.65}  # the model card's values, by name
     assert "['correctness', 'coherence', 'complexity']" in caplog.text
@@ -104,7 +104,7 @@ def test_weights_for_restricts_a_preset_and_names_what_it_dropped(caplog):
 def test_scorer_defaults_to_the_checkpoints_own_weights():
     """RewardScorer (behind evaluation, annotation and the server) uses the weights saved with the model."""
     from nemo_hs2.evaluation.run import reward_weights
-    from nemo_hs2.inference import RewardScorer
+    from nemo_hs2.megatron.scorer import RewardScorer
 
     class Model:  # what RewardScorer reads of a loaded checkpoint
         attributes = ("helpfulness",)

@@ -44,14 +44,14 @@ def demo_checkpoint(tmp_path_factory) -> str:
 def demo_model(tmp_path_factory):
     """The demo checkpoint loaded in this process (once: NeMo's process group and parallel state are global)."""
     if "model" not in _CACHE:
-        from nemo_hs2.models.loading import load_reward_model
+        from nemo_hs2.megatron.loading import load_reward_model
 
         _CACHE["model"] = load_reward_model(demo_checkpoint(tmp_path_factory))
     return _CACHE["model"]
 
 
 def demo_scorer(tmp_path_factory, **kwargs):
-    from nemo_hs2.inference import RewardScorer
+    from nemo_hs2.megatron.scorer import RewardScorer
 
     model = demo_model(tmp_path_factory)
     return RewardScorer(model, weights=kwargs.pop("weights", model.cfg.regression.reward_weights), **kwargs)
@@ -210,19 +210,18 @@ def test_hub_unreachable_names_the_file_override(monkeypatch, tmp_path):
 
 
 def test_rows_are_formatted_with_the_training_template():
-    from nemo_hs2.data.template import format_example
-    from nemo_hs2.inference import conversation_to_text
+    """Upstream's prepare_dialogue_from_tokenizer: a string prompt is the user turn, the completion the assistant's."""
+    from nemo_hs2.core.render import Renderer
 
     conv = rb.conversation("What is 2+2?", "4.")
-    assert conv == [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}]
-    context, response = conversation_to_text(conv, "Demo.")
-    assert context == "<extra_id_0>System\nDemo.\n<extra_id_1>User\nWhat is 2+2?\n<extra_id_1>Assistant\n"
-    assert response == "4.\n<extra_id_2>"
-    assert (context, response) == format_example("What is 2+2?", "4.", system="Demo.")
+    assert conv.messages() == [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}]
+    chars = type("Chars", (), {"text_to_ids": staticmethod(lambda s: [ord(c) for c in s])})()
+    assert Renderer("steerlm", chars, "Demo.").text(conv) == (
+        "<extra_id_0>System\nDemo.\n<extra_id_1>User\nWhat is 2+2?\n<extra_id_1>Assistant\n4.\n<extra_id_2>")
 
 
 def test_loading_refuses_what_it_cannot_load(monkeypatch):
-    from nemo_hs2.models.loading import check_layout, load_reward_model
+    from nemo_hs2.megatron.loading import check_layout, load_reward_model
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_reward_model("/nonexistent/model.nemo")
@@ -280,7 +279,7 @@ def test_reward_is_read_from_the_hand_formatted_training_text(tmp_path_factory):
     import torch
 
     from nemo_hs2.data.dataset import Collator
-    from nemo_hs2.reward import combine
+    from nemo_hs2.core.reward_weights import combine
 
     scorer = demo_scorer(tmp_path_factory)
     model = scorer.model

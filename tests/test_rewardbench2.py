@@ -19,6 +19,7 @@ import pytest
 
 from nemo_hs2.data.sources import BadRowError
 from nemo_hs2.evaluation import rewardbench2 as rb2
+from tests.fake_scorers import TextScorer
 from tests.test_rewardbench import cli_evaluation, demo_scorer
 
 FIXTURE = Path(__file__).parent / "data" / "rewardbench2_sample.jsonl"
@@ -146,20 +147,12 @@ def test_bad_rows_name_file_line_and_field(tmp_path, change, field, detail):
         rb2.read_file(path)
 
 
-class _LengthScorer:
-    """Reward = characters in the completion; counts what it is asked to score."""
-    attributes, weights, batch_size, max_length = ("helpfulness",), np.ones(1), 4, 10 ** 6
+class _LengthScorer(TextScorer):
+    """Reward = characters in the completion; counts the rows it is asked to score (``rows``)."""
+    attributes, weights = ("helpfulness",), np.ones(1)
 
-    def __init__(self):
-        self.scored = 0
-
-    def tokenize(self, conversation, truncate=True):
-        return np.zeros(len(conversation[-1]["content"]), np.int32)
-
-    def score(self, conversations):
-        self.scored += len(conversations)
-        return [{"attributes": {"helpfulness": float(len(c[-1]["content"]))},
-                 "reward": float(len(c[-1]["content"]))} for c in conversations]
+    def predict_response(self, response):
+        return [float(len(response))]
 
 
 def test_identical_completions_are_scored_once_and_tie():
@@ -168,7 +161,7 @@ def test_identical_completions_are_scored_once_and_tie():
     summary, records = rb2.evaluate(scorer, rows, progress=False)
     # tied:1 repeats three of ref:1's answers (Red., Green., Purple.) under the same prompt.
     total = sum(len(r.completions) for r in rows)
-    assert scorer.scored == summary["distinct_completions"] == total - 3
+    assert scorer.rows == summary["distinct_completions"] == total - 3
     by_id = {r["id"]: r for r in records}
     assert by_id["p2"]["scores"] == [5, 5, 5, 12] and by_id["p2"]["result"] == 0.0  # "hello" ties "Hello", "HELLO"
 

@@ -1,4 +1,4 @@
-"""Training batch samplers (nemo_hs2/data/sampler.py): Megatron's conventions, resume, length grouping."""
+"""Training batch samplers (nemo_hs2/megatron/sampler.py): Megatron's conventions, resume, length grouping."""
 
 import os
 
@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nemo_hs2.data.dataset import Collator, RewardDataset, pad_length
-from nemo_hs2.data.sampler import LengthGroupedBatchSampler, MegatronPretrainingRandomBatchSampler, build_train_sampler
+from nemo_hs2.megatron.sampler import LengthGroupedBatchSampler, MegatronPretrainingRandomBatchSampler, build_train_sampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, MBS, GBS, DP = 203, 2, 8, 2  # 25 steps an epoch; 3 rows left out of each epoch

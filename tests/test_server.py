@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from nemo_hs2 import serving
-from nemo_hs2.inference import conversation_to_text
+from nemo_hs2.core.scorer import as_conversation
 from tests.test_rewardbench import ENV, ROOT, demo_checkpoint, demo_scorer
 
 MAX_REQUEST_ROWS = 16
@@ -145,8 +145,7 @@ def scorer(tmp_path_factory):
 
 
 def steerlm_text(conv, scorer):
-    context, response = conversation_to_text(conv, scorer.system)
-    return context + response
+    return scorer.renderer.text(as_conversation(conv))  # the fully formatted text NeMo-Aligner's clients send
 
 
 # ------------------------------------------------------------------------------------------ good requests

@@ -261,26 +261,39 @@ def test_one_large_request_is_split_and_interleaved():
     assert done == ["small", "big"]
 
 
-def test_loopback_by_default_and_a_token_guards_everything_but_health(make_server, monkeypatch, tmp_path):
+def test_loopback_by_default_and_a_token_guards_scoring_and_stats(make_server, monkeypatch, tmp_path):
+    """With a token, scoring, /info and /stats need it; health and Triton's metadata routes stay open, because
+    pytriton's ModelClient reads those before its first inference without its token (pytriton 0.7.0
+    client.py, _wait_and_init_model_config). A token header that is not ASCII is a 401, not a 500."""
     assert serving.ServerConfig().host == "127.0.0.1"
     with open(os.path.join(CONF_DIR, "serve_reward_model.yaml")) as f:
         assert yaml.safe_load(f)["server"]["host"] == "127.0.0.1"
     with pytest.raises(ValueError, match="never a setting"):
         serving.ServerConfig.from_mapping({"token": "s3cret"})
+    monkeypatch.setenv("NEMO_HS2_SERVER_TOKEN", "s3cr\u00e9t")
+    with pytest.raises(ValueError, match="printable ASCII"):
+        serving.ServerConfig().load_token()
     monkeypatch.setenv("NEMO_HS2_SERVER_TOKEN", "s3cret")
     srv = make_server()
-    guarded = [("GET", "/info"), ("GET", "/stats"), ("GET", "/v2/models/reward_model/config"),
-               ("POST", "/v2/repository/index"), ("GET", "/v2/models/reward_model")]
-    for method, path in guarded + [("POST", "/score")]:
+    guarded = [("GET", "/info"), ("GET", "/stats"), ("POST", "/score"), ("POST", "/v2/models/reward_model/infer")]
+    for method, path in guarded:
         status, headers, body = request(srv.port, method, path, {"conversations": [CONV]})
         assert status == 401 and "bearer token" in body["error"] and headers["WWW-Authenticate"].startswith("Bearer")
-        status, *_ = request(srv.port, method, path, {"conversations": [CONV]}, {"Authorization": "Bearer wrong"})
-        assert status == 401
-    for path in ("/health", "/v2/health/live", "/v2/health/ready"):
-        assert request(srv.port, "GET", path)[0] == 200
+        for bad in ({"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"},
+                    {"triton-access-token": "wrong"}):
+            assert request(srv.port, method, path, {"conversations": [CONV]}, bad)[0] == 401
+    for raw_value in (b"Bearer s3cr\xc3\xa9t", b"Bearer \xff\xfe", "Bearer s3cret\u2028".encode()):
+        status, _ = serve_load.raw_exchange(srv.port, b"GET /info HTTP/1.1\r\nHost: x\r\nAuthorization: " + raw_value
+                                            + b"\r\nConnection: close\r\n\r\n")
+        assert status in (400, 401), raw_value
+    for method, path in [("GET", "/v2/models/reward_model/config"), ("POST", "/v2/repository/index"),
+                         ("GET", "/v2/models/reward_model"), ("GET", "/v2/models/reward_model/ready"),
+                         ("GET", "/health"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")]:
+        assert request(srv.port, method, path)[0] == 200, path
     status, _, body = request(srv.port, "POST", "/score", {"conversations": [CONV]},
                               {"Authorization": "Bearer s3cret"})
     assert status == 200 and len(body["rewards"]) == 1
+    assert request(srv.port, "GET", "/info", headers={"triton-access-token": "s3cret"})[0] == 200
     monkeypatch.delenv("NEMO_HS2_SERVER_TOKEN")
     token_file = tmp_path / "token"
     token_file.write_text("from-a-file\n")

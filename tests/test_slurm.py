@@ -134,7 +134,7 @@ def test_batch_script_launches_one_task_per_gpu_in_the_container(fake_slurm):
 
 
 def test_batch_script_requeues_on_preemption_and_stops_when_done(fake_slurm):
-    out, calls = run_batch(fake_slurm, "x=1", srun_rc=75)  # nemo_hs2.faults.EXIT_PREEMPTED: checkpoint saved
+    out, calls = run_batch(fake_slurm, "x=1", srun_rc=75)  # nemo_hs2.megatron.faults.EXIT_PREEMPTED: checkpoint saved
     assert ["scontrol", "requeue", "4242"] in calls and out.returncode == 0
 
     ckpt = fake_slurm[2] / "results" / "run1" / "checkpoints"

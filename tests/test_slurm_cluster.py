@@ -117,7 +117,7 @@ def test_submit_runs_two_ranks_that_see_what_the_script_meant(reference):
     master = subprocess.run(["scontrol", "show", "hostnames", reference["info"]["NodeList"]],
                             capture_output=True, text=True).stdout.split()[0]
     for rank in (0, 1):
-        assert f"[task {rank}/2 local {rank} node 0] master {master}:{port}" in out, out[-3000:]
+        assert f"[task {rank}/2 local {rank} node 0 on {master}] master {master}:{port}" in out, out[-3000:]
     summary = json.loads((log_dir / "metrics.json").read_text(errors="replace"))
     assert summary["layout"]["tp"] == 2 and summary["layout"]["world"] == 2
     assert "training finished" in out

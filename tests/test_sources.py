@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES
-from nemo_hs2.data.examples import Example
+from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES
+from nemo_hs2.data.rows import Example
 from nemo_hs2.data.sources import (
     BadRowError,
     HubUnavailableError,
@@ -19,7 +19,7 @@ from nemo_hs2.data.sources import (
     read_hub,
     read_preference,
 )
-from nemo_hs2.data.template import format_example
+from nemo_hs2.core.render import Renderer
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "helpsteer_sample_300.jsonl"
 
@@ -79,12 +79,12 @@ def test_jsonl_gz_and_parquet_give_identical_examples(tmp_path):
     stripped = [[dataclasses.replace(e, source="") for e in examples] for examples, _ in results]
     assert stripped[0] == stripped[1] == stripped[2]
     assert stripped[0] == [
-        Example("What is 2+2?", "4.", dict(helpfulness=3.0, correctness=4.0, coherence=4.0, complexity=2.0,
+        Example.rated("What is 2+2?", "4.", dict(helpfulness=3.0, correctness=4.0, coherence=4.0, complexity=2.0,
                                            verbosity=1.0), "", 1, 0),
-        Example("What is 2+2?", "Four, because 2+2=4.", dict(helpfulness=4.0, correctness=4.0, coherence=4.0,
+        Example.rated("What is 2+2?", "Four, because 2+2=4.", dict(helpfulness=4.0, correctness=4.0, coherence=4.0,
                                                              complexity=2.0, verbosity=2.0), "", 2, 0),
-        Example("Name a prime.", "7", dict(helpfulness=4.0, coherence=4.0, complexity=0.0, verbosity=0.0), "", 3, -1),
-        Example("Capital of France?", "Paris", dict(helpfulness=4.0, correctness=4.0, coherence=4.0,
+        Example.rated("Name a prime.", "7", dict(helpfulness=4.0, coherence=4.0, complexity=0.0, verbosity=0.0), "", 3, -1),
+        Example.rated("Capital of France?", "Paris", dict(helpfulness=4.0, correctness=4.0, coherence=4.0,
                                                     complexity=1.0, verbosity=0.0), "", 4, -1),
     ]
 
@@ -126,9 +126,9 @@ def test_score_range_is_configurable(tmp_path):
 GOOD_1 = full("First prompt", "First response")
 GOOD_3 = full("Third prompt", "Third response", h=1, c=2, o=3, x=0, v=4)
 GOOD_EXAMPLES = [
-    Example("First prompt", "First response",
+    Example.rated("First prompt", "First response",
             dict(helpfulness=3.0, correctness=4.0, coherence=4.0, complexity=2.0, verbosity=1.0), "", 1, -1),
-    Example("Third prompt", "Third response",
+    Example.rated("Third prompt", "Third response",
             dict(helpfulness=1.0, correctness=2.0, coherence=3.0, complexity=0.0, verbosity=4.0), "", 3, -1),
 ]
 
@@ -251,8 +251,8 @@ def test_multi_turn_prompt_loads_unchanged_and_formats_into_roles(tmp_path):
     examples, _ = read_examples(path, ATTRS)
     assert [e.prompt for e in examples] == [MULTI_TURN_PROMPT] * 2
     assert [e.pair_id for e in examples] == [0, 0]
-    context, response = format_example(examples[0].prompt, examples[0].response, system="Be brief.")
-    assert context == (
+    chars = type("Chars", (), {"text_to_ids": staticmethod(lambda s: [ord(c) for c in s])})()
+    assert Renderer("steerlm", chars, "Be brief.").text(examples[0].conversation) == (
         "<extra_id_0>System\nBe brief.\n"
         "<extra_id_1>User\nSuggest a name for my cat.\n"
         "<extra_id_1>Assistant\nHow about Miso?\n"
@@ -260,8 +260,8 @@ def test_multi_turn_prompt_loads_unchanged_and_formats_into_roles(tmp_path):
         "<extra_id_1>Assistant\nThen Smokey.\n"
         "<extra_id_1>User\nOne more, please.\n"
         "<extra_id_1>Assistant\n"
+        "Ash.\n<extra_id_2>"
     )
-    assert response == "Ash.\n<extra_id_2>"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_pairing_happens_after_bad_rows_are_skipped(tmp_path):
 
 
 def test_assign_pairs_overrides_existing_ids():
-    rows = [Example("A", "1", {}, pair_id=7), Example("A", "2", {}, pair_id=9), Example("B", "1", {}, pair_id=3)]
+    rows = [Example.rated("A", "1", {}, pair_id=7), Example.rated("A", "2", {}, pair_id=9), Example.rated("B", "1", {}, pair_id=3)]
     assert [e.pair_id for e in assign_pairs(rows)] == [0, 0, -1]
 
 

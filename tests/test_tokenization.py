@@ -13,7 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from nemo_hs2.data.demo import demo_examples
-from nemo_hs2.data.template import DEFAULT_SYSTEM, format_example
+from nemo_hs2.core.render import DEFAULT_SYSTEM, END_OF_RESPONSE, Renderer
+from nemo_hs2.data.rows import Example
 
 SYSTEM = DEFAULT_SYSTEM
 # Llama 3's pre-tokenizer split (tokenizer.json of Meta-Llama-3): a newline run is one piece, so a response that
@@ -52,22 +53,29 @@ def _train(kind: str, texts, path):
 def rows():
     examples = demo_examples(30, seed=7, split="validation")
     # Responses opening with a space or a newline: where BPE pieces can differ across the boundary.
-    return [*examples, examples[0].__class__("Say hi.", " Hi there.", {"helpfulness": 2.0}),
-            examples[0].__class__("Say hi.", "\nHi.", {"helpfulness": 1.0})]
+    return [*examples, Example.rated("Say hi.", " Hi there.", {"helpfulness": 2.0}),
+            Example.rated("Say hi.", "\nHi.", {"helpfulness": 1.0})]
+
+
+def _text(r) -> str:
+    """The SteerLM text of a row, written out as NeMo-Aligner's HelpSteer2 recipe formats it (single-turn rows)."""
+    user = r.conversation.turns[0].content
+    return (f"<extra_id_0>System\n{SYSTEM}\n<extra_id_1>User\n{user}\n<extra_id_1>Assistant\n{r.response}\n"
+            f"{END_OF_RESPONSE}")
 
 
 @pytest.fixture(scope="module", params=["bpe", "unigram"])
 def tokenizer(request, rows, tmp_path_factory):
-    texts = ["".join(format_example(r.prompt, r.response, SYSTEM)) for r in rows]
+    texts = [_text(r) for r in rows]
     return _train(request.param, texts, tmp_path_factory.mktemp(request.param))
 
 
 def _split_and_whole(tokenizer, rows):
     out = []
     for r in rows:
-        context, response = format_example(r.prompt, r.response, SYSTEM)
-        out.append((tokenizer.text_to_ids(context) + tokenizer.text_to_ids(response),
-                    tokenizer.text_to_ids(context + response)))
+        text = _text(r)
+        context, response = text[:text.rindex(r.response)], text[text.rindex(r.response):]
+        out.append((tokenizer.text_to_ids(context) + tokenizer.text_to_ids(response), tokenizer.text_to_ids(text)))
     return out
 
 
@@ -82,7 +90,7 @@ def _aligner_ids(tokenizer, rows, tmp_path, seq_length):
     jsonl = tmp_path / "aligner.jsonl"
     with open(jsonl, "w") as f:
         for r in rows:
-            f.write(json.dumps({"text": "".join(format_example(r.prompt, r.response, SYSTEM)),
+            f.write(json.dumps({"text": _text(r),
                                 "label": [-100.0] * 4 + [r.labels.get("helpfulness", -100.0)] + [-100.0] * 4}) + "\n")
     cfg = OmegaConf.create({"data": {"data_impl": "jsonl", "splits_string": None, "seq_length": seq_length,
                                      "index_mapping_dir": None}})
@@ -95,12 +103,13 @@ def _aligner_ids(tokenizer, rows, tmp_path, seq_length):
 
 def test_training_scoring_and_serving_give_aligners_ids(tokenizer, rows, tmp_path):
     from nemo_hs2.data.dataset import tokenize_examples
-    from nemo_hs2.inference import RewardScorer
+    from nemo_hs2.megatron.scorer import RewardScorer
     from nemo_hs2.serving import TokenScorer
 
     seq = 4096
     want = _aligner_ids(tokenizer, rows, tmp_path, seq)
-    ds, _ = tokenize_examples(rows, tokenizer, ["helpfulness"], max_length=seq, system=SYSTEM)
+    assert all(Renderer("steerlm", tokenizer, SYSTEM).text(r.conversation) == _text(r) for r in rows)
+    ds, _ = tokenize_examples(rows, Renderer("steerlm", tokenizer, SYSTEM), ["helpfulness"], max_length=seq)
     assert [list(map(int, ds.tokens[i])) for i in range(len(rows))] == [list(w) for w in want]
 
     class Model:  # what RewardScorer reads of a loaded checkpoint, without building Megatron
@@ -112,7 +121,7 @@ def test_training_scoring_and_serving_give_aligners_ids(tokenizer, rows, tmp_pat
     scorer = RewardScorer(Model())
     server = TokenScorer(scorer)
     for r, w in zip(rows, want):
-        conversation = [{"role": "user", "content": r.prompt}, {"role": "assistant", "content": r.response}]
+        conversation = [{"role": "user", "content": r.conversation.turns[0].content},
+                        {"role": "assistant", "content": r.response}]
         assert scorer.tokenize(conversation).tolist() == list(w)
-        text = "".join(format_example(r.prompt, r.response, SYSTEM))
-        assert server.sentence_tokens(text).tolist() == list(w)
+        assert server.sentence_tokens(_text(r)).tolist() == list(w)

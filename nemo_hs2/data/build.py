@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from collections import Counter
 from pathlib import Path
 
+from nemo_hs2.core.rank import is_main_rank
+from nemo_hs2.core.render import Renderer
 from nemo_hs2.data import cache
-from nemo_hs2.data.dataset import RewardDataset, SteerLMFormat, TokenizeStats, tokenize_examples
+from nemo_hs2.data.dataset import RewardDataset, TokenizeStats, tokenize_examples
 from nemo_hs2.data.demo import demo_examples
-from nemo_hs2.data.template import DEFAULT_SYSTEM
 
 SPLITS = ("train", "validation")
-TEMPLATES = ("steerlm", "hf_chat")
 
 
 def load_split(data_cfg, split: str):
@@ -46,24 +47,15 @@ def _split_file(data_cfg, split: str) -> str:
     return str(path)
 
 
-def make_formatter(data_cfg, tokenizer):
-    """The row formatter ``data.template`` names (``steerlm`` when unset)."""
-    template = data_cfg.get("template") or "steerlm"
-    system = data_cfg.get("system_prompt")
-    if template == "steerlm":
-        return SteerLMFormat(tokenizer, DEFAULT_SYSTEM if system is None else system)
-    if template == "hf_chat":
-        from nemo_hs2.data.chat_template import ChatTemplateFormat
-
-        # No default system turn here: chat models come with their own conventions for it.
-        return ChatTemplateFormat(tokenizer, system)
-    raise ValueError(f"data.template must be one of {TEMPLATES}, got '{template}'")
+def make_renderer(data_cfg, tokenizer) -> Renderer:
+    """The renderer ``data.template`` and ``data.system_prompt`` name (the model saves both for its scorer)."""
+    return Renderer(data_cfg.get("template") or "steerlm", tokenizer, data_cfg.get("system_prompt"))
 
 
 def _examples_sha256(examples, skipped: Counter) -> str:
     h = hashlib.sha256()
     for ex in examples:
-        h.update(json.dumps([ex.prompt, ex.response, sorted(ex.labels.items()), ex.pair_id]).encode())
+        h.update(json.dumps([ex.conversation.messages(), sorted(ex.labels.items()), ex.pair_id]).encode())
     h.update(json.dumps(sorted(skipped.items())).encode())
     return h.hexdigest()
 
@@ -88,18 +80,13 @@ def source_identity(data_cfg, split: str, loaded=None) -> dict | None:
     raise ValueError(f"data.source must be demo, files or hub, got '{source}'")
 
 
-def _default_progress() -> bool:
-    # One bar per job, not one per rank.
-    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
-
-
 def build_split(data_cfg, tokenizer, seq_length: int, split: str, progress: bool | None = None,
                 loaded: tuple | None = None) -> tuple[RewardDataset, TokenizeStats]:
     """One split: from the cache when ``data.cache_dir`` holds it, else read, validate, tokenize (and cache).
 
     ``loaded``: the split's ``load_split`` result when the caller already read it (no second read).
     """
-    formatter = make_formatter(data_cfg, tokenizer)
+    renderer = make_renderer(data_cfg, tokenizer)
     attributes = list(data_cfg.attributes)
     cache_dir = data_cfg.get("cache_dir")
     if cache_dir:
@@ -108,7 +95,7 @@ def build_split(data_cfg, tokenizer, seq_length: int, split: str, progress: bool
             loaded = load_split(data_cfg, split)
             source = source_identity(data_cfg, split, loaded)
         components = cache.key_components(
-            source=source, tokenizer=cache.tokenizer_identity(tokenizer), template=formatter.identity(),
+            source=source, tokenizer=cache.tokenizer_identity(tokenizer), template=renderer.identity(),
             attributes=attributes, score_range=data_cfg.score_range, seq_length=seq_length,
             overlength=data_cfg.overlength, on_bad_row=data_cfg.on_bad_row)
         key = cache.cache_key(components)
@@ -117,8 +104,8 @@ def build_split(data_cfg, tokenizer, seq_length: int, split: str, progress: bool
         if hit is not None:
             return hit
     examples, skipped = loaded if loaded is not None else load_split(data_cfg, split)
-    ds, st = tokenize_examples(examples, tokenizer, attributes, max_length=seq_length, overlength=data_cfg.overlength,
-                               formatter=formatter, progress=_default_progress() if progress is None else progress,
+    ds, st = tokenize_examples(examples, renderer, attributes, max_length=seq_length, overlength=data_cfg.overlength,
+                               progress=is_main_rank() if progress is None else progress,
                                desc=f"tokenizing {split}")
     st.skipped.update(skipped)
     st.rows += sum(skipped.values())
@@ -155,29 +142,6 @@ def validate(data_cfg) -> dict[str, tuple]:
     return {split: load_split(data_cfg, split) for split in SPLITS}
 
 
-def build_tokenizer(tokenizer_cfg):
-    """The tokenizer ``model.tokenizer`` describes, as the Megatron model would build it, but without a model."""
-    library = tokenizer_cfg.get("library")
-    special = tokenizer_cfg.get("special_tokens", None)
-    if library == "byte-level":
-        # Imported directly: get_nmt_tokenizer lives in nemo.collections.nlp, which pulls in Megatron.
-        from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
-
-        return ByteLevelTokenizer(special)
-    from nemo.collections.nlp.modules.common.tokenizer_utils import get_nmt_tokenizer
-
-    legacy = tokenizer_cfg.get("sentencepiece_legacy", library == "sentencepiece")
-    tokenizer = get_nmt_tokenizer(
-        library=library, model_name=tokenizer_cfg.get("type"), tokenizer_model=tokenizer_cfg.get("model"),
-        vocab_file=tokenizer_cfg.get("vocab_file"), merges_file=tokenizer_cfg.get("merge_file"),
-        use_fast=tokenizer_cfg.get("use_fast", False), delimiter=tokenizer_cfg.get("delimiter"),
-        special_tokens=special, trust_remote_code=tokenizer_cfg.get("trust_remote_code", False), legacy=legacy,
-        chat_template=tokenizer_cfg.get("chat_template"))
-    if tokenizer_cfg.get("additional_special_tokens") is not None:
-        tokenizer.add_special_tokens(list(tokenizer_cfg.additional_special_tokens))
-    return tokenizer
-
-
 def prepare(data_cfg, tokenizer, seq_length: int, output_dir: str | os.PathLike | None = None,
             progress: bool | None = None, loaded: dict | None = None) -> dict:
     """Validate every row, build (or reuse) the cache and return the data report; write it to ``output_dir``.
@@ -189,11 +153,10 @@ def prepare(data_cfg, tokenizer, seq_length: int, output_dir: str | os.PathLike 
     if loaded is None:
         loaded = validate(data_cfg)
     datasets, stats = build_datasets(data_cfg, tokenizer, seq_length, progress, loaded)
-    formatter = make_formatter(data_cfg, tokenizer)
     settings = {
         "source": str(data_cfg.source),
         "files": {s: data_cfg.get(f"{s}_file") for s in SPLITS} if data_cfg.source == "files" else None,
-        "template": formatter.identity(),
+        "template": make_renderer(data_cfg, tokenizer).identity(),
         "tokenizer": cache.tokenizer_identity(tokenizer),
         "seq_length": int(seq_length),
         "overlength": str(data_cfg.overlength),
@@ -210,3 +173,79 @@ def prepare(data_cfg, tokenizer, seq_length: int, output_dir: str | os.PathLike 
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(tmp, out / "data_report.json")
     return report
+
+
+# ------------------------------------------------------------------------------------------------ a training run's data
+BT_LOSSES = ("regular_bt", "margin_bt", "scaled_bt", "regression+bt")
+
+
+class DataError(ValueError):
+    """The data a run asks for cannot train it: found before any model or process group exists."""
+
+
+def check_loss_fits_data(data_cfg, loss: str) -> None:
+    """Preference data needs a Bradley-Terry loss and rated rows a regression one; said before anything is read."""
+    pairs = data_cfg.source == "preference"
+    if pairs and loss == "regression":
+        raise DataError(
+            "data.source=preference (preference pairs) with model.regression.loss_func=regression: pairs carry a "
+            "preference strength, not attribute labels. Train them with a Bradley-Terry loss, e.g. "
+            "model.regression.loss_func=scaled_bt 'data.attributes=[helpfulness]' "
+            "model.regression.reward_weights=helpfulness_only (or regular_bt / margin_bt)")
+    if not pairs and loss in BT_LOSSES:
+        raise DataError(
+            f"model.regression.loss_func={loss} needs preference pairs, but data.source={data_cfg.source} holds rated "
+            "rows: use data=helpsteer2_preference, data=helpsteer3_preference or data=demo_preference, or "
+            "model.regression.loss_func=regression")
+
+
+def _why(st: TokenizeStats) -> str:
+    gone = dict(st.skipped)
+    if st.truncated:
+        gone["truncated (kept)"] = st.truncated
+    return ", ".join(f"{k} {v}" for k, v in sorted(gone.items())) or "none left out"
+
+
+def check_batches(datasets: dict, stats: dict, global_batch_size: int, loss: str, drop_last_validation: bool) -> None:
+    """Every split can fill what the trainer asks of it, and has something for the loss to learn from."""
+    for split, ds in datasets.items():
+        unit = "pairs" if hasattr(ds, "strengths") else "rows"
+        st = stats[split]
+        kept = len(ds)
+        if kept == 0 or (kept < global_batch_size and (split == "train" or drop_last_validation)):
+            raise DataError(
+                f"the {split} split keeps {kept} {unit} ({st.rows} rows read; left out: {_why(st)}), fewer than one "
+                f"global batch of {global_batch_size} {unit} (model.global_batch_size). Add data, lower "
+                "model.global_batch_size (and micro_batch_size), or keep more rows (e.g. data.overlength=truncate, "
+                "a larger model.encoder_seq_length)")
+        if loss in BT_LOSSES and unit == "pairs" and not (ds.strengths != 0).any():
+            raise DataError(f"the {split} split has no preference pair with nonzero strength ({kept} pairs, all "
+                            "ties): a Bradley-Terry loss has nothing to learn from it")
+        labels = ds.rows.labels if unit == "pairs" else ds.labels
+        if loss in ("regression", "regression+bt") and not (labels == labels).any():
+            raise DataError(f"the {split} split has no present label for data.attributes={list(ds.attributes)}: the "
+                            "regression loss has nothing to learn from it (check the attribute names)")
+
+
+@dataclasses.dataclass
+class RunData:
+    tokenizer: object
+    datasets: dict  # train / validation: RewardDataset (rated rows) or PairDataset (preference pairs)
+    stats: dict
+    collate: object
+
+
+def build_run_data(data_cfg, tokenizer, global_batch_size: int, loss: str, progress: bool | None = None) -> RunData:
+    """Read, check, render and tokenize both splits of a training run, and check they can train it."""
+    from nemo_hs2.data.dataset import Collator
+    from nemo_hs2.data.preference import PairCollator, build_pair_datasets
+
+    check_loss_fits_data(data_cfg, loss)
+    if data_cfg.source == "preference":  # samples are whole pairs; batch sizes count pairs
+        datasets, stats = build_pair_datasets(data_cfg, make_renderer(data_cfg, tokenizer), int(data_cfg.seq_length))
+        collate = PairCollator(tokenizer.eos_id, data_cfg.pad_to_multiple)
+    else:
+        datasets, stats = build_datasets(data_cfg, tokenizer, int(data_cfg.seq_length), progress)
+        collate = Collator(tokenizer.eos_id, data_cfg.pad_to_multiple)
+    check_batches(datasets, stats, global_batch_size, loss, bool(data_cfg.get("validation_drop_last", False)))
+    return RunData(tokenizer, datasets, stats, collate)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nemo_hs2.data.dataset import RewardDataset, TokenizeStats, encoder_of
+from nemo_hs2.core.render import encode
+from nemo_hs2.data.dataset import RewardDataset, TokenizeStats
 
 # Bump when the layout, the tokenization code or anything else a key cannot see changes meaning.
 CACHE_VERSION = 1
@@ -52,7 +53,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def tokenizer_identity(tokenizer) -> dict:
     """Class name, vocabulary size and a hash of the probe text's ids."""
-    ids = [int(i) for i in encoder_of(tokenizer)(PROBE_TEXT)]
+    ids = encode(tokenizer, PROBE_TEXT)
     vocab = getattr(tokenizer, "vocab_size", None)
     if vocab is None and hasattr(tokenizer, "__len__"):
         vocab = len(tokenizer)

@@ -10,8 +10,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from nemo_hs2.data.examples import Example
-from nemo_hs2.data.template import DEFAULT_SYSTEM, format_example
+from nemo_hs2.data.rows import Example
 
 OVERLENGTH_POLICIES = ("truncate", "drop")
 
@@ -35,36 +34,6 @@ class TokenizeStats:
         return cls(rows=int(d["rows"]), used=int(d["used"]), truncated=int(d["truncated"]),
                    unpaired=int(d.get("unpaired", 0)),
                    skipped=Counter({str(k): int(v) for k, v in d["skipped"].items()}))
-
-
-def encoder_of(tokenizer):
-    """``text -> list[int]`` for a NeMo tokenizer (``text_to_ids``) or a Hugging Face one (``encode``)."""
-    if hasattr(tokenizer, "text_to_ids"):
-        return tokenizer.text_to_ids
-    if hasattr(tokenizer, "encode"):
-        # The formatted text already carries any BOS the template wants; the tokenizer must not add another.
-        return lambda text: tokenizer.encode(text, add_special_tokens=False)
-    raise TypeError(f"{type(tokenizer).__name__} has neither text_to_ids nor encode")
-
-
-class SteerLMFormat:
-    """The SteerLM/Nemotron template (``nemo_hs2.data.template``), the whole formatted text tokenized at once."""
-
-    name = "steerlm"
-
-    def __init__(self, tokenizer, system: str = DEFAULT_SYSTEM):
-        self.encode = encoder_of(tokenizer)
-        self.system = system
-
-    def ids(self, ex: Example) -> list[int]:
-        # As NeMo-Aligner's RegressionRewardModelDataset encodes its "text": whole. Encoding context and response
-        # apart differs with real tokenizers (a BPE merge across the header, a SentencePiece dummy prefix before
-        # the response), and a model must see at training the ids Aligner's tools will send it.
-        context, response = format_example(ex.prompt, ex.response, self.system)
-        return list(self.encode(context + response))
-
-    def identity(self) -> dict:
-        return {"template": self.name, "system": self.system, "encoding": "whole_text"}
 
 
 class TokenRows(Sequence):
@@ -173,21 +142,17 @@ class RewardDataset(torch.utils.data.Dataset):
             self.labels, self.pair_ids, self.full_lengths = arrays["labels"], arrays["pair_ids"], arrays["full_lengths"]
 
 
-def tokenize_examples(examples: Iterable[Example], tokenizer, attributes: Sequence[str], max_length: int,
-                      overlength: str = "truncate", system: str = DEFAULT_SYSTEM, formatter=None,
-                      progress: bool = False, desc: str = "tokenizing") -> tuple[RewardDataset, TokenizeStats]:
-    """Template and tokenize rows once.
-
-    ``formatter`` turns an Example into token ids (default: the SteerLM template with ``system``; see also
-    ``nemo_hs2.data.chat_template``). An over-long row either loses tokens from the left, so the response end
+def tokenize_examples(examples: Iterable[Example], renderer, attributes: Sequence[str], max_length: int,
+                      overlength: str = "truncate", progress: bool = False,
+                      desc: str = "tokenizing") -> tuple[RewardDataset, TokenizeStats]:
+    """Render and tokenize rows once, through ``renderer`` (``nemo_hs2.core.render.Renderer``: the path scoring,
+    serving and export take too). An over-long row either loses tokens from the left, so the response end
     and the end-of-response token (where the reward is read) always survive, or is dropped and counted; it is
     never replaced by another row. A dropped row's pair partner stays as an unpaired row (pair id -1; its labels
     still train the regression), counted in ``stats.unpaired``, so pairwise metrics only see whole pairs.
     """
     if overlength not in OVERLENGTH_POLICIES:
         raise ValueError(f"data.overlength must be one of {OVERLENGTH_POLICIES}, got '{overlength}'")
-    if formatter is None:
-        formatter = SteerLMFormat(tokenizer, system)
     stats = TokenizeStats()
     tokens, labels, pair_ids, full_lengths = [], [], [], []
     broken_pairs = set()
@@ -198,7 +163,7 @@ def tokenize_examples(examples: Iterable[Example], tokenizer, attributes: Sequen
         examples = tqdm(examples, total=total, desc=desc, unit="row", mininterval=0.5, dynamic_ncols=True)
     for ex in examples:
         stats.rows += 1
-        ids = formatter.ids(ex)
+        ids = renderer.ids(ex.conversation)
         full = len(ids)
         if full > max_length:
             if overlength == "drop":

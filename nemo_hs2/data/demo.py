@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from nemo_hs2.data.examples import Example
+from nemo_hs2.data.rows import Example
 
 TASKS = ["bake bread", "repair a bike tyre", "plant tomatoes", "write a cover letter", "learn to swim",
          "brew coffee", "paint a wall", "back up a laptop", "train a puppy", "start running",
@@ -63,7 +63,7 @@ def demo_examples(num_prompts: int, seed: int, split: str) -> list[Example]:
         prompt = f"How do I {rng.choice(TASKS)}?"
         for _ in range(2):
             text, labels = _response(rng)
-            rows.append(Example(prompt, text, labels, source=f"<demo:{split}>", line=len(rows) + 1, pair_id=p))
+            rows.append(Example.rated(prompt, text, labels, source=f"<demo:{split}>", line=len(rows) + 1, pair_id=p))
     return rows
 
 

@@ -4,13 +4,12 @@ A row has ``domain`` (General, STEM, Code, Multilingual), ``language``, ``contex
 ending with the user turn; a plain string is one user turn), ``response1``, ``response2``, ``overall_preference``
 (-3..3, negative = response1 better) and ``individual_preference`` (the annotators' scores and reasoning; not
 used for training). ``overall_preference`` has HelpSteer2-Preference's sign convention, which
-``nemo_hs2.losses.bradley_terry_sum`` reads (negative prefers the first row of the pair), so it is the pair's
+``nemo_hs2.core.losses.bradley_terry_sum`` reads (negative prefers the first row of the pair), so it is the pair's
 strength unchanged. A tie (0) stays a strength-0 pair: the loss decides what a tie means.
 
-The context keeps its turns: a leading ``system`` turn becomes the system prompt (SteerLM) or the system message
-(``data.template=hf_chat``), exactly as ``nemo_hs2.inference.RewardScorer`` renders the same conversation, so a
-trained model scores HelpSteer3 conversations as it saw them. A system turn anywhere else is a bad row (neither
-template nor the scorer has a place for it).
+The context keeps its turns and becomes a ``Conversation`` with each response; ``nemo_hs2.core.render`` renders it,
+the path scoring and serving take, so a trained model scores HelpSteer3 conversations as it saw them. A leading
+``system`` turn is the conversation's own system turn; anywhere else it is a bad row.
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nemo_hs2.data.examples import Example
+from nemo_hs2.core.conversation import Conversation, ConversationError
+from nemo_hs2.data.rows import Example
 from nemo_hs2.data.records import (
     EMPTY_TEXT,
     LABEL_OUT_OF_RANGE,
@@ -40,14 +40,6 @@ DOMAINS = ("General", "STEM", "Code", "Multilingual")
 HUB_DATASET = "nvidia/HelpSteer3"
 HUB_CONFIG = "preference"
 BAD_CONTEXT = "bad_context"
-_ROLES = ("system", "user", "assistant")
-
-
-@dataclasses.dataclass(frozen=True)
-class ConversationExample(Example):
-    """An ``Example`` whose prompt is a whole conversation (``messages``, ending with the user turn)."""
-
-    messages: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,28 +64,20 @@ def _context(value: Any) -> tuple:
     if not isinstance(value, (list, tuple)) or not value:
         raise RowProblem("context", WRONG_TYPE, f"expected a non-empty list of {{role, content}} turns or a string, "
                                           f"got {json_type(value) if value != [] else 'an empty array'}")
-    turns = []
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
             raise RowProblem("context", WRONG_TYPE, f"turn {i}: expected an object, got {json_type(turn)}")
-        role, content = turn.get("role"), turn.get("content")
-        if role not in _ROLES:
-            raise RowProblem("context", BAD_CONTEXT, f"turn {i}: role {role!r} is not one of {_ROLES}")
-        if not isinstance(content, str):
-            raise RowProblem("context", WRONG_TYPE, f"turn {i}: content: expected a string, got {json_type(content)}")
-        turns.append({"role": role, "content": content})
-    dialogue = turns[1:] if turns[0]["role"] == "system" else turns
-    for i, turn in enumerate(dialogue):
-        expected = ("user", "assistant")[i % 2]
-        if turn["role"] != expected:
-            at = i + len(turns) - len(dialogue)
-            where = "a system turn is allowed only first" if turn["role"] == "system" else \
-                "user and assistant turns alternate, starting with the user"
-            raise RowProblem("context", BAD_CONTEXT, f"turn {at}: role '{turn['role']}' where '{expected}' was expected "
-                                               f"({where})")
-    if not dialogue or dialogue[-1]["role"] != "user":
-        raise RowProblem("context", BAD_CONTEXT, "the context must end with a user turn")
-    return tuple(turns)
+        if not isinstance(turn.get("content"), str):
+            raise RowProblem("context", WRONG_TYPE, f"turn {i}: content: expected a string, "
+                                                    f"got {json_type(turn.get('content'))}")
+    turns = tuple({"role": turn.get("role"), "content": turn["content"]} for turn in value)
+    try:  # the one set of conversation rules (nemo_hs2.core.conversation), with a placeholder response
+        Conversation.from_context(turns, "")
+    except ConversationError as e:
+        ends_wrong = e.turn is not None and e.turn >= len(turns)  # the response does not follow a user turn
+        raise RowProblem("context", BAD_CONTEXT, "the context must end with a user turn" if ends_wrong
+                         else str(e)) from None
+    return turns
 
 
 def _label(record: dict, field: str) -> str:
@@ -216,43 +200,15 @@ def load_pairs(data_cfg, split: str) -> HS3Pairs:
     return pairs
 
 
-def pair_examples(pairs) -> tuple[list[ConversationExample], list[float]]:
+def pair_examples(pairs) -> tuple[list[Example], list[float]]:
     """Two rows per pair (response_1, response_2) and the strengths, as ``nemo_hs2.data.preference`` lays them out."""
     rows, strengths = [], []
     for i, p in enumerate(pairs):
-        last_user = p.messages[-1]["content"]
         for response in (p.response_1, p.response_2):
-            rows.append(ConversationExample(last_user, response, {}, source=p.source, line=p.line, pair_id=i,
-                                            messages=p.messages))
+            rows.append(Example(Conversation.from_context(p.messages, response), {}, source=p.source, line=p.line,
+                                pair_id=i))
         strengths.append(float(p.strength))
     return rows, strengths
-
-
-class ConversationFormat:
-    """Wraps a row formatter (``nemo_hs2.data.build.make_formatter``) so that conversation rows are rendered the
-    way ``RewardScorer.tokenize`` renders the same conversation; other rows go to the wrapped formatter."""
-
-    def __init__(self, base):
-        self.base = base
-        self.name = base.name
-
-    def ids(self, ex: Example) -> list[int]:
-        messages = getattr(ex, "messages", None)
-        if not messages:
-            return self.base.ids(ex)
-        conversation = [*messages, {"role": "assistant", "content": ex.response}]
-        if self.name == "steerlm":
-            from nemo_hs2.inference import conversation_to_text
-
-            # Context and response tokenized apart, as SteerLMFormat does.
-            context, response = conversation_to_text(conversation, self.base.system)
-            return list(self.base.encode(context)) + list(self.base.encode(response))
-        if self.base.system and conversation[0]["role"] != "system":
-            conversation = [{"role": "system", "content": self.base.system}, *conversation]
-        return self.base.encode(self.base.render_messages(conversation))
-
-    def identity(self) -> dict:
-        return self.base.identity()
 
 
 # ------------------------------------------------------------------------------------------------------ demo
@@ -266,7 +222,7 @@ def demo_helpsteer3_rows(num_prompts: int, seed: int, split: str) -> list[dict]:
     rows, strengths = demo_pairs(num_prompts, seed, split)
     out = []
     for i, (a, b, strength) in enumerate(zip(rows[0::2], rows[1::2], strengths)):
-        context = [{"role": "user", "content": a.prompt}]
+        context = [{"role": "user", "content": a.context[0].content}]
         if i % 3 == 1:
             context = [{"role": "user", "content": "I need some help."},
                        {"role": "assistant", "content": "Of course. What with?"}, *context]

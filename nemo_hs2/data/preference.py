@@ -2,7 +2,7 @@
 
 A sample is a whole pair, so Megatron's batch samplers can never put its two responses into different
 micro-batches or data-parallel ranks; the collate lays each pair out as two consecutive rows, which is what
-``nemo_hs2.losses.bradley_terry_sum`` reads. ``model.micro_batch_size`` / ``global_batch_size`` count pairs.
+``nemo_hs2.core.losses.bradley_terry_sum`` reads. ``model.micro_batch_size`` / ``global_batch_size`` count pairs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from nemo_hs2.data.dataset import Collator, tokenize_examples
 from nemo_hs2.data.demo import demo_pairs
-from nemo_hs2.data.examples import Example
+from nemo_hs2.data.rows import Example
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -52,7 +52,7 @@ class PairCollator(Collator):
 
 
 def file_pairs(data_cfg, split: str) -> tuple[list[Example], list[float]]:
-    from nemo_hs2.data.sources import read_preference
+    from nemo_hs2.data.sources import helpsteer2_conversation, read_preference
 
     path = data_cfg.get("preference_file")
     if not path:
@@ -60,37 +60,35 @@ def file_pairs(data_cfg, split: str) -> tuple[list[Example], list[float]]:
     pairs = read_preference(path, split=data_cfg.splits[split], on_bad_row=data_cfg.on_bad_row)
     rows, strengths = [], []
     for i, p in enumerate(pairs):
-        rows.append(Example(p.prompt, p.response_1, {}, source=p.source, line=p.line, pair_id=i))
-        rows.append(Example(p.prompt, p.response_2, {}, source=p.source, line=p.line, pair_id=i))
+        for response in (p.response_1, p.response_2):
+            rows.append(Example(helpsteer2_conversation(p.prompt, response), {}, source=p.source, line=p.line,
+                                pair_id=i))
         strengths.append(float(p.strength))
     return rows, strengths
 
 
-def build_pair_datasets(data_cfg, tokenizer, seq_length: int):
-    from nemo_hs2.data.build import make_formatter
+def load_pairs(data_cfg, split: str) -> tuple[list[Example], list[float], Counter]:
+    """Rows (two per pair), strengths and the skipped / filtered counts (per pair) of one split."""
+    if data_cfg.get("format") == "helpsteer3":
+        from nemo_hs2.data.helpsteer3 import load_pairs as hs3_pairs
+        from nemo_hs2.data.helpsteer3 import pair_examples
 
+        pairs = hs3_pairs(data_cfg, split)
+        rows, strengths = pair_examples(pairs)
+        return rows, strengths, pairs.skipped + Counter({f"filtered_{k}": v for k, v in pairs.filtered.items()})
+    if data_cfg.get("preference_file"):
+        return (*file_pairs(data_cfg, split), Counter())
+    return (*demo_pairs(data_cfg.demo[f"{split}_prompts"], data_cfg.demo.seed, split), Counter())
+
+
+def build_pair_datasets(data_cfg, renderer, seq_length: int, loaded: dict | None = None):
+    """``loaded``: ``{split: load_pairs(...)}`` when the caller already read the splits."""
     datasets, stats = {}, {}
-    formatter = make_formatter(data_cfg, tokenizer)
-    helpsteer3 = data_cfg.get("format") == "helpsteer3"
-    if helpsteer3:
-        from nemo_hs2.data.helpsteer3 import ConversationFormat
-
-        formatter = ConversationFormat(formatter)
     for split in ("train", "validation"):
-        skipped = None
-        if helpsteer3:
-            from nemo_hs2.data.helpsteer3 import load_pairs, pair_examples
-
-            pairs = load_pairs(data_cfg, split)
-            rows, strengths = pair_examples(pairs)
-            skipped = pairs.skipped + Counter({f"filtered_{k}": v for k, v in pairs.filtered.items()})
-        elif data_cfg.get("preference_file"):
-            rows, strengths = file_pairs(data_cfg, split)
-        else:
-            rows, strengths = demo_pairs(data_cfg.demo[f"{split}_prompts"], data_cfg.demo.seed, split)
+        rows, strengths, skipped = (loaded or {}).get(split) or load_pairs(data_cfg, split)
         # Both responses must survive tokenization, so over-long pairs are truncated, never dropped alone.
-        ds, st = tokenize_examples(rows, tokenizer, list(data_cfg.attributes), max_length=seq_length,
-                                   overlength="truncate", formatter=formatter)
+        ds, st = tokenize_examples(rows, renderer, list(data_cfg.attributes), max_length=seq_length,
+                                   overlength="truncate")
         datasets[split] = PairDataset(ds, np.asarray(strengths))
         if skipped:  # bad or filtered pairs, counted as two rows each like the kept ones
             st.skipped.update({k: 2 * v for k, v in skipped.items()})

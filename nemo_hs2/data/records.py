@@ -27,6 +27,7 @@ EMPTY_TEXT = "empty_text"
 LABEL_OUT_OF_RANGE = "label_out_of_range"
 LABEL_NOT_FINITE = "label_not_finite"
 NO_LABELS = "no_labels"
+BAD_CONVERSATION = "bad_conversation"  # turns out of order, a misplaced system turn, ...
 
 WHOLE_LINE = "-"
 

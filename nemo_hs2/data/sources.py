@@ -15,9 +15,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nemo_hs2.attributes import HELPSTEER2_ATTRIBUTES, check_attributes
-from nemo_hs2.data.examples import Example
+from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES, check_attributes
+from nemo_hs2.core.conversation import Conversation, ConversationError
+from nemo_hs2.data.rows import Example
 from nemo_hs2.data.records import (  # noqa: F401  (BadRowError, HubUnavailableError: part of this module's face)
+    BAD_CONVERSATION,
     EMPTY_TEXT,
     LABEL_NOT_FINITE,
     LABEL_OUT_OF_RANGE,
@@ -103,6 +105,15 @@ def _labels(record: dict, attributes: Sequence[str], low: float, high: float) ->
     return labels
 
 
+def helpsteer2_conversation(prompt: str, response: str, field: str = "prompt") -> Conversation:
+    """A HelpSteer2 prompt's turns (multi-turn prompts embed earlier turns) and the rated response."""
+    try:
+        return Conversation.from_helpsteer2(prompt, response)
+    except ConversationError as e:
+        raise _Bad(field, BAD_CONVERSATION, f"{e} (HelpSteer2 multi-turn prompts alternate user and assistant turns, "
+                                            "starting and ending with the user)") from None
+
+
 def check_policy(on_bad_row: str) -> None:
     if on_bad_row not in BAD_ROW_POLICIES:
         raise ValueError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
@@ -143,7 +154,7 @@ def assign_pairs(examples: Iterable[Example]) -> list[Example]:
     next_id = 0
     i = 0
     while i < len(rows):
-        if i + 1 < len(rows) and rows[i].prompt == rows[i + 1].prompt:
+        if i + 1 < len(rows) and rows[i].context == rows[i + 1].context:
             out += [dataclasses.replace(rows[i], pair_id=next_id), dataclasses.replace(rows[i + 1], pair_id=next_id)]
             next_id += 1
             i += 2
@@ -162,7 +173,7 @@ def _examples_from_records(records, source: str, attributes, score_range, on_bad
     def convert(record: dict, number: int) -> Example:
         prompt = text_field(record, prompt_field)
         response = text_field(record, response_field)
-        return Example(prompt=prompt, response=response, labels=_labels(record, attributes, low, high),
+        return Example(helpsteer2_conversation(prompt, response, prompt_field), _labels(record, attributes, low, high),
                        source=source, line=number)
 
     skipped = Counter()
@@ -266,5 +277,11 @@ def read_preference(path: str | os.PathLike, split: str | None = None,
         return PreferencePair(prompt, response_1, response_2, strength, row_split, source, number)
 
     skipped = Counter()
-    rows = convert_rows(_file_records(Path(path)), source, on_bad_row, skipped, convert)
-    return PreferenceRows((r for r in rows if split is None or r.split == split), skipped)
+    rows = list(convert_rows(_file_records(Path(path)), source, on_bad_row, skipped, convert))
+    kept = [r for r in rows if split is None or r.split == split]
+    if split is not None and not kept:
+        found = Counter(r.split for r in rows)
+        raise ValueError(f"{source}: no pair has split {split!r}; the file's split values are "
+                         f"{ {k: found[k] for k in sorted(found, key=str)} } (pairs each). Map the run's splits to "
+                         "them with data.splits (HelpSteer2-Preference writes 'train' and 'val')")
+    return PreferenceRows(kept, skipped)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nemo_hs2.core.conversation import Conversation
 from nemo_hs2.evaluation.outputs import OutputError, check_outputs, write_json
 
 PROGRESS_SUFFIX = ".progress.json"
@@ -55,25 +56,23 @@ def _fingerprint(path: str) -> dict:
     return {"size": os.path.getsize(path), "head_sha256": digest.hexdigest()}
 
 
-def row_conversation(record: dict, field: str):
+def row_conversation(record: dict, field: str) -> Conversation:
     """The conversation a row asks to rate; raises ``ValueError`` naming what is wrong."""
-    from nemo_hs2.evaluation.report import example_conversation
-
     if field in record:
         conv = record[field]
         if not isinstance(conv, list):
             raise ValueError("expected a list of turns")
-        return conv
+        return Conversation.from_messages(conv)
     prompt, response = record.get("prompt"), record.get("response")
     if isinstance(prompt, str) and isinstance(response, str):
-        return example_conversation(prompt, response)
+        return Conversation.from_helpsteer2(prompt, response)
     raise ValueError(f"no '{field}' list and no 'prompt' / 'response' strings")
 
 
 def labels(pred: np.ndarray, attributes, options: AnnotateOptions) -> list[dict]:
     lo, hi = options.score_range
     clamped = np.clip(pred, lo, hi)
-    if options.round:  # half up, like nemo_hs2.metrics' rounded accuracy
+    if options.round:  # half up, like nemo_hs2.core.metrics' rounded accuracy
         return [{a: int(v) for a, v in zip(attributes, row)} for row in np.floor(clamped + 0.5)]
     return [{a: float(v) for a, v in zip(attributes, row)} for row in clamped]
 
@@ -117,8 +116,7 @@ def annotate(scorer, input_path: str, output_dir: str, options: AnnotateOptions 
              progress: bool = True, main: bool = True) -> dict:
     """Annotate ``input_path`` into ``output_dir``; returns the summary (also written as annotate_summary.json)."""
     from nemo_hs2.data.records import BadRowError, RowProblem, file_records
-    from nemo_hs2.evaluation.scoring import progress_bar, token_lengths
-    from nemo_hs2.inference import conversation_to_text
+    from nemo_hs2.evaluation.scoring import progress_bar, score_conversations
 
     options = options or AnnotateOptions()
     if options.on_bad_row not in ("error", "skip"):
@@ -145,9 +143,9 @@ def annotate(scorer, input_path: str, output_dir: str, options: AnnotateOptions 
 
     def flush(batch):
         convs = [conv for _, _, conv in batch]
-        results = scorer.score(convs)
-        pred = np.array([[r["attributes"][a] for a in attributes] for r in results], dtype=np.float64)
-        state["truncated"] += int((token_lengths(scorer, convs) > scorer.max_length).sum())
+        scored = score_conversations(scorer, convs, progress=False)
+        pred = scored.pred
+        state["truncated"] += scored.truncated
         if main:
             lines = "".join(json.dumps(_annotated(record, scores, options), ensure_ascii=False) + "\n"
                             for (_, record, _), scores in zip(batch, labels(pred, attributes, options)))
@@ -176,8 +174,7 @@ def annotate(scorer, input_path: str, output_dir: str, options: AnnotateOptions 
                 bar.update(1)
                 continue
             try:
-                conv = row_conversation(record, options.conversation_field)
-                conversation_to_text(conv)  # the scorer's own check, so one bad row does not fail a whole batch
+                conv = row_conversation(record, options.conversation_field)  # checked here, not in a batch
             except ValueError as e:
                 if options.on_bad_row == "error":
                     raise BadRowError(input_path, number, options.conversation_field, "bad_conversation",

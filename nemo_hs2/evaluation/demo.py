@@ -14,7 +14,7 @@ import sys
 
 from nemo_hs2.data.demo import demo_examples
 from nemo_hs2.evaluation.rewardbench import EXAMPLE_COUNTS
-from nemo_hs2.reward import PRESETS
+from nemo_hs2.core.reward_weights import PRESETS
 
 
 def _true_reward(labels) -> float | None:

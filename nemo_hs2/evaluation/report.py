@@ -1,6 +1,6 @@
 """HelpSteer2 validation report: per-attribute fit, pairwise accuracy, confusion matrices, plots and report.md.
 
-Metrics are ``nemo_hs2.metrics``' (the same numbers training's validation reports), computed here on whatever rated
+Metrics are ``nemo_hs2.core.metrics``' (the same numbers training's validation reports), computed here on whatever rated
 file is given, with the checkpoint's own formatting. Plots are PNGs written with matplotlib's Agg backend (no
 display needed); ``report.md`` embeds them by relative path, so the output directory can be moved as a whole.
 """
@@ -13,17 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nemo_hs2.data.template import split_helpsteer2_prompt
-from nemo_hs2.metrics import confusion_matrix, pairwise_metrics, regression_metrics, strict_json
+from nemo_hs2.core.metrics import confusion_matrix, pairwise_metrics, regression_metrics, strict_json
 
 PLOTS_DIR = "plots"
-_ROLE = {"User": "user", "Assistant": "assistant"}
-
-
-def example_conversation(prompt: str, response: str) -> list[dict[str, str]]:
-    """A HelpSteer2 row as a chat: the turns embedded in ``prompt`` (multi-turn rows), then the rated response."""
-    turns = [{"role": _ROLE[t.role], "content": t.content} for t in split_helpsteer2_prompt(prompt)]
-    return [*turns, {"role": "assistant", "content": response}]
 
 
 def evaluate_helpsteer2(scorer, examples, score_range=(0, 4), progress: bool = True) -> dict:
@@ -33,7 +25,7 @@ def evaluate_helpsteer2(scorer, examples, score_range=(0, 4), progress: bool = T
     attributes = list(scorer.attributes)
     if not examples:
         raise ValueError("no HelpSteer2 rows to evaluate")
-    scored = score_conversations(scorer, [example_conversation(e.prompt, e.response) for e in examples],
+    scored = score_conversations(scorer, [e.conversation for e in examples],
                                  desc="HelpSteer2", progress=progress)
     target = np.array([[e.labels.get(a, math.nan) for a in attributes] for e in examples], dtype=np.float64)
     pair_ids = np.array([e.pair_id for e in examples], dtype=np.int64)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nemo_hs2.core.conversation import Conversation
+
 # From rewardbench/constants.py (rewardbench 0.1.4).
 EXAMPLE_COUNTS = {
     "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95,
@@ -64,9 +66,10 @@ class Row:
     line: int
 
 
-def conversation(prompt: str, response: str) -> list[dict[str, str]]:
-    """One RewardBench side as a chat: the prompt is the user turn, the response the assistant turn to score."""
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+def conversation(prompt: str, response: str) -> Conversation:
+    """One RewardBench (1 or 2) side as a chat: the prompt is the user turn, the response the assistant turn to score
+    (upstream's ``prepare_dialogue_from_tokenizer`` for a string prompt)."""
+    return Conversation.from_messages([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
 
 
 # ------------------------------------------------------------------------------------------------------ reading

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nemo_hs2.evaluation.rewardbench import percent
+from nemo_hs2.evaluation.rewardbench import conversation, percent
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 HUB_DATASET = "allenai/reward-bench-2"
@@ -242,10 +242,6 @@ def aggregate(rows: Sequence[Row], scores: Sequence[Sequence[float]]) -> tuple[d
     return {"subsets": known, "unknown_subsets": unknown, "subset_scores": subset_scores,
             "missing_subsets": missing, "overall": overall, "rows": len(rows),
             "completions": int(sum(len(s) for s in scores))}, results
-
-
-def conversation(prompt: str, completion: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
 def evaluate(scorer, rows: Sequence[Row], progress: bool = True) -> tuple[dict, list[dict]]:

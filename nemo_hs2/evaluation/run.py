@@ -12,6 +12,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
+from nemo_hs2.core.rank import is_main_rank
 from nemo_hs2.evaluation import outputs as out
 from nemo_hs2.evaluation import rewardbench as rb
 from nemo_hs2.evaluation import rewardbench2 as rb2
@@ -32,7 +33,7 @@ def reward_weights(model, spec=None):
 
 
 def make_scorer(model, cfg):
-    from nemo_hs2.inference import RewardScorer
+    from nemo_hs2.megatron.scorer import RewardScorer
 
     return RewardScorer(model, weights=reward_weights(model, cfg.get("reward_weights")),
                         batch_size=int(cfg.get("batch_size") or 8), max_length=cfg.get("max_length"))
@@ -40,22 +41,16 @@ def make_scorer(model, cfg):
 
 def hf_scorer(cfg):
     """A scorer over an exported Hugging Face directory (``hf_model=D``, examples/export_hf.py): the stock class."""
-    from nemo_hs2.models.hf_scorer import HFRewardScorer
+    from nemo_hs2.hf.scorer import HFRewardScorer
 
     return HFRewardScorer(str(cfg.hf_model), batch_size=int(cfg.get("batch_size") or 8),
                           max_length=cfg.get("max_length"), weights=reward_weights(None, cfg.get("reward_weights")))
 
 
 def load_model(cfg):
-    from nemo_hs2.models.loading import load_reward_model
+    from nemo_hs2.megatron.loading import load_reward_model
 
     return load_reward_model(cfg.checkpoint, cfg.get("trainer"), cfg.get("model"), cfg.get("head_layout"))
-
-
-def _main_rank() -> bool:
-    from nemo_hs2.models.loading import is_main_rank
-
-    return is_main_rank()
 
 
 def run(cfg, model=None) -> dict:
@@ -89,7 +84,7 @@ def run(cfg, model=None) -> dict:
         log.info(f"RewardBench 2: {len(rows2)} rows from {rb2_file}")
     if hs2_file:
         from nemo_hs2.data.sources import read_examples
-        from nemo_hs2.models.loading import checkpoint_config
+        from nemo_hs2.megatron.loading import checkpoint_config
 
         if scorer is not None:
             if scorer.head != "attributes":
@@ -106,7 +101,7 @@ def run(cfg, model=None) -> dict:
 
     if scorer is None:
         scorer = make_scorer(load_model(cfg) if model is None else model, cfg)
-    main = _main_rank()
+    main = is_main_rank()
     progress = bool(cfg.get("progress", True)) and main
     summary = {"checkpoint": label, "output_dir": output_dir, "files": []}
     rb_summary = rb2_summary = hs2 = plots = None

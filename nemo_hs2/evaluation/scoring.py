@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from nemo_hs2.core.reward_weights import combine
+
 
 @dataclasses.dataclass
 class Scored:
@@ -29,24 +31,21 @@ def progress_bar(total: int, desc: str, enabled: bool = True):
                 mininterval=0.5 if interactive else 30.0, dynamic_ncols=interactive)
 
 
-def token_lengths(scorer, conversations) -> np.ndarray:
-    """Token count of each conversation as the scorer formats it, before it keeps only the last ``max_length``."""
-    return np.array([len(scorer.tokenize(c, truncate=False)) for c in conversations], dtype=np.int64)
-
-
 def score_conversations(scorer, conversations, desc: str = "scoring", progress: bool = True) -> Scored:
-    """``scorer.score`` over all conversations in chunks (the same rows on every model-parallel rank)."""
+    """Every conversation through ``scorer`` (a ``nemo_hs2.core.scorer.Scorer``) in chunks, tokenized once; the same
+    rows on every model-parallel rank. Rows longer than ``max_length`` keep their end, as in training, and are
+    counted."""
     conversations = list(conversations)
-    names = scorer.attributes
-    pred = np.zeros((len(conversations), len(names)), dtype=np.float64)
-    reward = np.zeros(len(conversations), dtype=np.float64)
-    lengths = token_lengths(scorer, conversations)  # also validates every conversation before the first forward
+    # All rows first: every conversation is validated before the first forward.
+    rows = [scorer.tokenize(c, truncate=False) for c in conversations]
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    max_length = int(scorer.max_length)
+    pred = np.zeros((len(rows), len(scorer.attributes)), dtype=np.float64)
     step = max(1, scorer.batch_size) * 8
-    with progress_bar(len(conversations), desc, progress) as bar:
-        for start in range(0, len(conversations), step):
-            results = scorer.score(conversations[start:start + step])
-            for i, r in enumerate(results, start=start):
-                pred[i] = [r["attributes"][a] for a in names]
-                reward[i] = r["reward"]
-            bar.update(len(results))
-    return Scored(pred=pred, reward=reward, lengths=lengths, max_length=int(scorer.max_length))
+    with progress_bar(len(rows), desc, progress) as bar:
+        for start in range(0, len(rows), step):
+            chunk = [r[-max_length:] for r in rows[start:start + step]]
+            pred[start:start + len(chunk)] = scorer.predict_tokens(chunk)
+            bar.update(len(chunk))
+    reward = combine(pred, scorer.weights)
+    return Scored(pred=pred, reward=reward, lengths=lengths, max_length=max_length)

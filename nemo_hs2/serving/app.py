@@ -2,17 +2,20 @@
 
 Per connection: at most ``max_connections`` open (more get a canned 503 and are closed), a complete request head
 within ``header_timeout_s`` (also the keep-alive idle limit), header lines within ``max_header_bytes``. Per request:
-bearer token (all routes but health), at most ``max_pending_requests`` admitted (503 + Retry-After beyond), the
-body within ``max_body_mb`` (413, checked on Content-Length before reading) and ``body_timeout_s`` (408), parsing
-and tokenizing in a bounded worker pool, an answer within ``request_timeout_s`` of admission (504). A model call
-running longer than ``model_stall_timeout_s``, or a failed collective under torchrun, fails every waiting request
-(503), and the process exits with ``EXIT_MODEL_FAILED``.
+bearer token (inference, /info and /stats), and admission before any body is read, on every route that reads one:
+at most ``max_pending_requests`` admitted, and their bodies and token rows within ``max_buffered_mb`` together
+(503 + Retry-After beyond either); the body within ``max_body_mb`` (413, checked on Content-Length before reading)
+and ``body_timeout_s`` (408), parsing and tokenizing in ``parse_workers`` threads, an answer within
+``request_timeout_s`` of admission (504). A model call running longer than ``model_stall_timeout_s``, or a failed
+collective under torchrun, fails every waiting request (503), and the process exits with ``EXIT_MODEL_FAILED``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import ctypes
 import hmac
 import json
 import logging
@@ -26,13 +29,22 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from nemo_hs2.serving.batching import Batcher, ModelLoopFailed, ShuttingDown, TokenScorer
-from nemo_hs2.serving.config import ServerConfig
-from nemo_hs2.serving.protocol import MODEL_VERSION, RequestError, loads, split_infer_body
+from nemo_hs2.serving.config import INDEX_BODY_BYTES, ServerConfig
+from nemo_hs2.serving.protocol import MODEL_VERSION, RequestError
 from nemo_hs2.serving.service import RewardService
 
 log = logging.getLogger(__name__)
 EXIT_MODEL_FAILED = 70  # EX_SOFTWARE
 HEALTH = ("/health", "/v2/health/live", "/v2/health/ready")
+TRITON_TOKEN_HEADER = "triton-access-token"  # what pytriton's ModelClient(access_token=...) sends on inference
+
+
+def _name_thread(name: str) -> None:
+    """Name the calling OS thread (shown in /proc/PID/task/*/comm, top -H), so each thread can be told apart."""
+    try:
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME; Linux only, harmless elsewhere
+    except (OSError, AttributeError):
+        pass
 
 
 def _json(status: int, obj, headers=None) -> web.Response:
@@ -96,8 +108,11 @@ class RewardServer:
         self.service, self.batcher, self.config = service, batcher, config
         self._token = token.encode() if token else None
         self._on_fatal = on_fatal
-        self._pool = concurrent.futures.ThreadPoolExecutor(config.parse_workers, thread_name_prefix="reward-parse")
+        self._pool = concurrent.futures.ThreadPoolExecutor(config.parse_workers, thread_name_prefix="reward-parse",
+                                                           initializer=_name_thread, initargs=("reward-parse",))
         self._pending = 0
+        self._buffered = 0  # bytes reserved by admitted requests: their bodies, then their token rows
+        self.peak_buffered = 0
         self._failed: ModelLoopFailed | None = None
         self.http_stats: Counter = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,6 +142,7 @@ class RewardServer:
         return self
 
     def _http_main(self):
+        _name_thread("reward-http")
         self._loop = loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._start())
@@ -224,9 +240,14 @@ class RewardServer:
     def _check_token(self, request) -> None:
         if self._token is None:
             return
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            value = request.headers.get(TRITON_TOKEN_HEADER, "")
+        try:  # aiohttp keeps undecodable header bytes as lone surrogates: no token can match them
+            given = value.strip(" \t").encode("ascii")
+        except UnicodeEncodeError:
+            given = b""
+        if not hmac.compare_digest(given, self._token):
             raise RequestError("missing or wrong bearer token (Authorization: Bearer ...)", 401,
                                {"WWW-Authenticate": 'Bearer realm="nemo_hs2"'})
 
@@ -240,33 +261,36 @@ class RewardServer:
             if self._failed is not None:
                 return _json(503, {"error": str(self._failed)})
             return web.Response(status=200) if path.startswith("/v2") else _json(200, {"status": "ok"})
-        self._check_token(request)
+        # Triton's metadata routes are open, like health: pytriton's ModelClient reads them before its first
+        # inference without sending its access token (pytriton 0.7.0 client.py, _wait_and_init_model_config).
         parts = [p for p in path.split("/") if p]
-        if method == "GET" and path == "/info":
-            return _json(200, svc.info())
-        if method == "GET" and path == "/stats":
-            return _json(200, {**self.batcher.stats, "pending_requests": self._pending,
-                               "open_connections": self._open, "http": dict(self.http_stats)})
         if method == "GET" and path == "/v2":
             from nemo_hs2 import __version__
 
             return _json(200, {"name": "nemo_hs2", "version": __version__, "extensions": ["binary_tensor_data"]})
         if method == "POST" and path == "/v2/repository/index":
-            await self._read_body(request)
+            async with self._admitted(request, INDEX_BODY_BYTES):
+                await self._read_body(request, INDEX_BODY_BYTES, "POST /v2/repository/index takes {\"ready\": bool}")
             return _json(200, [{"name": c.model_name, "version": MODEL_VERSION, "state": "READY"}])
+        action = self._model_route(parts) if len(parts) >= 3 and parts[:2] == ["v2", "models"] else None
+        if method == "GET" and action == "":
+            return _json(200, svc.model_metadata())
+        if method == "GET" and action == "ready":
+            return web.Response(status=200 if self._failed is None else 503)
+        if method == "GET" and action == "config":
+            return _json(200, svc.model_config())
+        self._check_token(request)
+        if method == "GET" and path == "/info":
+            return _json(200, svc.info())
+        if method == "GET" and path == "/stats":
+            return _json(200, {**self.batcher.stats, "pending_requests": self._pending,
+                               "buffered_bytes": self._buffered, "peak_buffered_bytes": self.peak_buffered,
+                               "open_connections": self._open, "http": dict(self.http_stats)})
         if method == "POST" and path == "/score":
-            return await self._scored(request, lambda raw: svc.prepare_score(loads(raw, "the body")))
-        if len(parts) >= 3 and parts[:2] == ["v2", "models"]:
-            action = self._model_route(parts)
-            if method == "GET" and action == "":
-                return _json(200, svc.model_metadata())
-            if method == "GET" and action == "ready":
-                return web.Response(status=200 if self._failed is None else 503)
-            if method == "GET" and action == "config":
-                return _json(200, svc.model_config())
-            if method == "POST" and action == "infer":
-                length = request.headers.get("Inference-Header-Content-Length")
-                return await self._scored(request, lambda raw: svc.prepare_infer(*split_infer_body(raw, length)))
+            return await self._scored(request, svc.score_request)
+        if method == "POST" and action == "infer":
+            length = request.headers.get("Inference-Header-Content-Length")
+            return await self._scored(request, lambda raw: svc.infer_request(raw, length))
         if request.method not in ("GET", "HEAD", "POST"):
             raise RequestError(f"method {request.method} not allowed", 405)
         raise RequestError(f"no {method} {path} here: see /info, POST /score or POST /v2/models/"
@@ -285,51 +309,120 @@ class RewardServer:
             return None
         return rest[0] if rest else ""
 
-    async def _read_body(self, request) -> bytes:
-        limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise RequestError(f"a {request.content_length}-byte body is over the limit of {limit} bytes "
-                               "(server.max_body_mb)", 413)
-        buf = bytearray()
+    # ----------------------------------------------------------------------------------------- admission
+    def _busy(self, why: str) -> RequestError:
+        return RequestError(f"{why}: retry later", 503, {"Retry-After": str(self.config.retry_after_s)})
+
+    def _reserve(self, n: int, why: str) -> None:
+        """Count ``n`` more bytes against server.max_buffered_mb, or refuse (only the event loop's thread calls)."""
+        if self._buffered + n > self.config.max_buffered_bytes:
+            raise self._busy(f"{self._buffered} bytes of admitted requests are buffered and {why} needs {n} more; "
+                             f"the limit is {self.config.max_buffered_bytes} (server.max_buffered_mb)")
+        self._buffered += n
+        self.peak_buffered = max(self.peak_buffered, self._buffered)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, request, limit: int):
+        """Admission, before a byte of the body is read: a pending slot, and the body's declared size (``limit``
+        when it is sent chunked) reserved in the buffer budget; ``yield`` gives a callback that moves the
+        reservation to another size (the parsed rows). Everything is released when the request is answered."""
+        c = self.config
+        if self._failed is not None:
+            raise RequestError(str(self._failed), 503)
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise RequestError(f"a {declared}-byte body is over the limit of {limit} bytes"
+                               + (" (server.max_body_mb)" if limit == c.max_body_bytes else ""), 413)
+        if self._pending >= c.max_pending_requests:
+            raise self._busy(f"{self._pending} requests are waiting; the limit is {c.max_pending_requests} "
+                             "(server.max_pending_requests)")
+        held = [limit if declared is None else declared]
+        self._reserve(held[0], "this request's body")
+        self._pending += 1
+
+        def move(n: int) -> None:
+            self._buffered -= held[0]
+            held[0] = 0
+            self._reserve(n, "its token rows")
+            held[0] = n
+
+        try:
+            yield move
+        finally:
+            self._pending -= 1
+            self._buffered -= held[0]
+
+    async def _read_body(self, request, limit: int, what: str = "server.max_body_mb") -> bytearray:
+        declared = request.content_length
+        buf = bytearray(declared) if declared is not None else bytearray()
+        size = 0
         try:
             async with asyncio.timeout(self.config.body_timeout_s):
                 while chunk := await request.content.readany():
-                    buf += chunk
-                    if len(buf) > limit:
-                        raise RequestError(f"the body is over the limit of {limit} bytes (server.max_body_mb)", 413)
+                    if size + len(chunk) > (limit if declared is None else declared):
+                        raise RequestError(f"the body is over the limit of {limit} bytes ({what})", 413)
+                    buf[size:size + len(chunk)] = chunk  # in place: a declared body is never copied to grow
+                    size += len(chunk)
         except TimeoutError:
             raise RequestError(f"the body was not received within {self.config.body_timeout_s:g} s "
                                "(server.body_timeout_s)", 408) from None
         except (ConnectionError, ValueError) as e:  # aiohttp's payload errors (bad chunked encoding, ...)
             raise RequestError(f"the body could not be read: {e}") from None
-        return bytes(buf)
+        if declared is not None and size != declared:
+            raise RequestError(f"the body ended after {size} of its {declared} bytes")
+        return buf
 
     async def _scored(self, request, prepare) -> web.Response:
         c = self.config
-        if self._failed is not None:
-            raise RequestError(str(self._failed), 503)
-        if self._pending >= c.max_pending_requests:
-            raise RequestError(f"{self._pending} requests are waiting; the limit is {c.max_pending_requests} "
-                               "(server.max_pending_requests): retry later", 503,
-                               {"Retry-After": str(c.retry_after_s)})
-        self._pending += 1  # only this (the event loop's) thread touches it
         loop = asyncio.get_running_loop()
         deadline = loop.time() + c.request_timeout_s
-        try:
-            raw = await self._read_body(request)
-            prepared = await asyncio.wait_for(loop.run_in_executor(self._pool, prepare, raw),
-                                              max(0.0, deadline - loop.time()))
-            future = self.batcher.submit(prepared.rows)
-            pred = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
-            body, headers = prepared.respond(pred)
-            return web.Response(status=200, body=body, headers=headers)
-        except TimeoutError:
-            raise RequestError(f"no answer within {c.request_timeout_s:g} s (server.request_timeout_s)",
-                               504) from None
-        except (ShuttingDown, ModelLoopFailed) as e:
-            raise RequestError(str(e), 503) from None
-        finally:
-            self._pending -= 1
+        async with self._admitted(request, c.max_body_bytes) as move:
+            box = []  # the body, for the worker to take: a request that gives up empties it, freeing the body
+            try:
+                box.append(await self._read_body(request, c.max_body_bytes))
+                work = loop.run_in_executor(self._pool, _take_and_prepare, prepare, box)
+                prepared = await asyncio.wait_for(work, max(0.0, deadline - loop.time()))
+                move(prepared.nbytes)  # the body is gone; its rows wait for the model
+                future = self.batcher.submit(prepared.rows)
+                pred = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
+                body, headers = prepared.respond(pred)
+                return web.Response(status=200, body=body, headers=headers)
+            except TimeoutError:
+                raise RequestError(f"no answer within {c.request_timeout_s:g} s (server.request_timeout_s)",
+                                   504) from None
+            except (ShuttingDown, ModelLoopFailed) as e:
+                raise RequestError(str(e), 503) from None
+            finally:
+                box.clear()
+
+
+def _take_and_prepare(prepare, box: list):
+    if not box:  # the request timed out while this waited for a worker
+        raise RequestError("the request was abandoned before it was parsed", 504)
+    raw = box.pop()
+    large, prepared, error = len(raw) > TRIM_AFTER_BYTES, None, None
+    try:
+        prepared = prepare(raw)
+    except RequestError as e:  # a copy without the traceback, whose frames hold the parsed body
+        error = RequestError(str(e), e.status, e.headers)
+    del raw
+    if large:
+        _trim()
+    if error is not None:
+        raise error
+    return prepared
+
+
+TRIM_AFTER_BYTES = 1 << 20
+
+
+def _trim() -> None:
+    """Give freed heap pages back to the system after a large request: glibc keeps them otherwise, and the RSS a
+    rejected 16 MiB body of tiny JSON values raised would stay raised."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def build_server(scorer, config: ServerConfig | dict | None = None, distributed: bool = False,

@@ -48,7 +48,7 @@ class TokenScorer:
 
     def sentence_tokens(self, text: str, add_eos: bool = False) -> np.ndarray:
         """A fully formatted text, tokenized as training tokenizes it: whole (as NeMo-Aligner does)."""
-        ids = list(self.scorer.encode(text))
+        ids = self.scorer.renderer.encode(text)
         if add_eos:
             ids.append(self.eos_id)
         return np.asarray(ids, dtype=np.int64)

@@ -12,20 +12,24 @@ from collections.abc import Callable
 
 import numpy as np
 
-from nemo_hs2.reward import combine
+from nemo_hs2.core.reward_weights import combine
 from nemo_hs2.serving.batching import TokenScorer
 from nemo_hs2.serving.config import ServerConfig
-from nemo_hs2.serving.protocol import (INTEGER, MODEL_VERSION, RequestError, encode_kserve_response,
-                                       parse_kserve_request)
+from nemo_hs2.serving.protocol import (INTEGER, MODEL_VERSION, RequestError, encode_kserve_response, loads,
+                                       parse_kserve_request, split_infer_body)
 
 OUTPUTS = ("rewards", "attributes", "exceeded")
-INPUTS = ("sentences", "tokens", "sequence_lengths", "add_EOS")
 
 
 @dataclasses.dataclass
 class Prepared:
-    rows: list[np.ndarray]
+    rows: list[np.ndarray]  # int32 token ids, each its own array (no view keeps a larger one alive)
     respond: Callable[[np.ndarray], tuple[bytes, dict[str, str]]]  # predictions -> (body, headers)
+
+    @property
+    def nbytes(self) -> int:
+        """What the rows hold while they wait for the model (an ndarray's header is ~112 bytes)."""
+        return sum(r.nbytes + 112 for r in self.rows)
 
 
 def _json_answer(obj) -> tuple[bytes, dict[str, str]]:
@@ -36,6 +40,11 @@ class RewardService:
     def __init__(self, token_scorer: TokenScorer, config: ServerConfig):
         self.ts = token_scorer
         self.config = config
+
+    def _check_text(self, n: int) -> None:
+        if n > self.config.max_text_bytes:
+            raise RequestError(f"{n} bytes of text in one request; the limit is {self.config.max_text_bytes} "
+                               "(server.max_text_mb), checked before tokenizing", 413)
 
     def _check_rows(self, n: int, what: str) -> None:
         if n > self.config.max_request_rows:
@@ -58,11 +67,14 @@ class RewardService:
                 raise RequestError(f"{what} {i} is {len(r)} tokens, over the limit of {limit} tokens (the model's "
                                    "max_length); shorten it, or start the server with server.overlength=truncate "
                                    "to keep its last tokens")
-            out.append(r[-limit:] if over else r)
+            out.append(r[-limit:].copy() if over else r)
             exceeded.append(over)
         return out, exceeded
 
     # ----------------------------------------------------------- POST /score
+    def score_request(self, raw) -> Prepared:
+        return self.prepare_score(loads(raw, "the body", self.config.max_json_values))
+
     def prepare_score(self, body) -> Prepared:
         if not isinstance(body, dict):
             raise RequestError('the body must be a JSON object: {"conversations": [[{"role": ..., "content": ...}, '
@@ -73,8 +85,8 @@ class RewardService:
         if not isinstance(convs, list) or not convs:
             raise RequestError("'conversations' must be a non-empty list of conversations (lists of turns)")
         self._check_rows(len(convs), "conversation")
-        rows = []
-        for i, conv in enumerate(convs):
+        text = 0
+        for i, conv in enumerate(convs):  # every turn checked, and the text counted, before anything is tokenized
             if not isinstance(conv, list):
                 raise RequestError(f"conversation {i}: expected a list of turns, got {type(conv).__name__}")
             for j, turn in enumerate(conv):
@@ -82,12 +94,14 @@ class RewardService:
                         not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
                     raise RequestError(f"conversation {i}, turn {j}: expected {{\"role\": str, \"content\": str}}")
                 try:
-                    turn["content"].encode("utf-8")
+                    text += len(turn["content"].encode("utf-8")) + len(turn["role"].encode("utf-8"))
                 except UnicodeEncodeError:
-                    raise RequestError(f"conversation {i}, turn {j}: content is not valid Unicode (a lone "
-                                       "surrogate)") from None
+                    raise RequestError(f"conversation {i}, turn {j}: not valid Unicode (a lone surrogate)") from None
+                self._check_text(text)
+        rows = []
+        for i, conv in enumerate(convs):
             try:
-                rows.append(self.ts.conversation_tokens(conv))
+                rows.append(np.asarray(self.ts.conversation_tokens(conv), dtype=np.int32))
             except ValueError as e:
                 raise RequestError(f"conversation {i}: {e}") from None
         rows, exceeded = self._limit(rows, "conversation")
@@ -102,12 +116,19 @@ class RewardService:
         return Prepared(rows, respond)
 
     # ----------------------------------------------------------- KServe v2
-    def prepare_infer(self, header, binary: bytes) -> Prepared:
-        arrays, requested, request_id = parse_kserve_request(header, binary, self.config.max_tensor_elements)
+    def infer_request(self, raw, header_length: str | None) -> Prepared:
+        return self.prepare_infer(*split_infer_body(raw, header_length, self.config.max_json_values))
+
+    def input_limits(self) -> dict[str, tuple[int, str]]:
+        """Per input: the most elements a request can need, checked before it is decoded (a BYTES tensor of 4M
+        empty strings would be 4M objects)."""
+        rows = (self.config.max_request_rows, "server.max_request_rows")
+        return {"sentences": rows, "sequence_lengths": rows, "add_EOS": rows,
+                "tokens": (self.config.max_tensor_elements, "server.max_tensor_elements")}
+
+    def prepare_infer(self, header, binary=b"") -> Prepared:
+        arrays, requested, request_id = parse_kserve_request(header, binary, limits=self.input_limits())
         given = set(arrays)
-        unexpected = sorted(given - set(INPUTS))
-        if unexpected:
-            raise RequestError(f"unexpected input(s) {unexpected}; this model takes {sorted(INPUTS)}")
         unknown = sorted(set(requested) - {"*", *OUTPUTS})
         if unknown:
             raise RequestError(f"unknown output(s) {unknown}; this model has {list(OUTPUTS)}")
@@ -162,6 +183,7 @@ class RewardService:
             raise RequestError("input 'sentences' must be BYTES (UTF-8 text)")
         sentences = self._batch_dim(values, "sentences")
         self._check_rows(len(sentences), "row")
+        self._check_text(sum(len(raw) for raw in sentences))
         rows = []
         for i, (raw, eos) in enumerate(zip(sentences, self._eos_flags(add_eos, len(sentences)))):
             try:
@@ -170,7 +192,7 @@ class RewardService:
                 raise RequestError(f"sentence {i} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not text.strip():
                 raise RequestError(f"sentence {i} is empty")
-            rows.append(self.ts.sentence_tokens(text, eos))
+            rows.append(np.asarray(self.ts.sentence_tokens(text, eos), dtype=np.int32))
         return rows
 
     def _token_rows(self, arrays, add_eos) -> list[np.ndarray]:
@@ -195,7 +217,7 @@ class RewardService:
             if bad.size:
                 raise RequestError(f"row {i}: token id {int(bad[0])} outside the vocabulary "
                                    f"(0..{self.ts.vocab_size - 1})")
-            rows.append(np.append(row, self.ts.eos_id) if eos else row)
+            rows.append((np.append(row, self.ts.eos_id) if eos else row).astype(np.int32))
         return rows
 
     # ----------------------------------------------------------- metadata
@@ -240,6 +262,8 @@ class RewardService:
                 "max_length": self.ts.max_length, "vocab_size": self.ts.vocab_size, "overlength": c.overlength,
                 "template": self.ts.scorer.template, "rewards_output": c.rewards_output,
                 "limits": {k: getattr(c, k) for k in (
-                    "max_body_mb", "max_request_rows", "max_request_tokens", "max_tensor_elements",
-                    "max_connections", "max_pending_requests", "header_timeout_s", "body_timeout_s",
-                    "request_timeout_s", "model_stall_timeout_s")}}
+                    "max_body_mb", "max_json_values", "max_text_mb", "max_buffered_mb", "max_request_rows",
+                    "max_request_tokens", "max_tensor_elements", "max_connections", "max_pending_requests",
+                    "parse_workers", "header_timeout_s", "body_timeout_s", "request_timeout_s",
+                    "model_stall_timeout_s")},
+                "memory_bound_mb": round(c.memory_bound_mb(), 1)}

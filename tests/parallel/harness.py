@@ -105,8 +105,9 @@ def main():
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
         cfg = compose(config_name="train_reward_model", overrides=args.overrides)
 
-    from nemo_hs2 import compat
-    from nemo_hs2.config_checks import parallel_layout
+    from nemo_hs2.megatron import compat
+    from nemo_hs2.megatron.build import seed_model_parallel_rng
+    from nemo_hs2.plan.checks import parallel_layout
 
     parallel_layout(cfg)
     compat.apply()
@@ -115,9 +116,9 @@ def main():
 
     from nemo_hs2.data.dataset import Collator, tokenize_examples
     from nemo_hs2.data.demo import demo_examples
-    from nemo_hs2.inference import RewardScorer
-    from nemo_hs2.models.reward_model import AttributeRewardModel
-    from nemo_hs2.reward import combine, resolve_weights
+    from nemo_hs2.megatron.scorer import RewardScorer
+    from nemo_hs2.megatron.reward_model import AttributeRewardModel
+    from nemo_hs2.core.reward_weights import combine, resolve_weights
 
     with open_dict(cfg):
         cfg.exp_manager = None
@@ -125,7 +126,7 @@ def main():
     trainer = resolve_and_create_trainer(cfg, "rm")
     model = AttributeRewardModel(cfg.model, trainer)
     init_distributed(trainer, model, False)
-    compat.seed_model_parallel_rng(cfg.model.seed)
+    seed_model_parallel_rng(cfg.model.seed)
     module = model.model
     tp_rank, tp = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
     pp_rank, pp = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size()

@@ -58,11 +58,11 @@ def main():
     OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
     from transformers import AutoModelForSequenceClassification
 
-    from nemo_hs2.inference import RewardScorer
-    from nemo_hs2.models import hf_export
-    from nemo_hs2.models.hf_import import run as import_hf
-    from nemo_hs2.models.hf_scorer import HFRewardScorer
-    from nemo_hs2.models.loading import load_reward_model
+    from nemo_hs2.megatron.scorer import RewardScorer
+    from nemo_hs2.hf import exporter as hf_export
+    from nemo_hs2.hf.importer import run as import_hf
+    from nemo_hs2.hf.scorer import HFRewardScorer
+    from nemo_hs2.megatron.loading import load_reward_model
     from tests.hf import tiny_models
 
     convs = conversations()

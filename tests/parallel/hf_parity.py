@@ -38,7 +38,8 @@ def main():
 
     OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
     OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
-    from nemo_hs2 import compat
+    from nemo_hs2.megatron import compat
+    from nemo_hs2.megatron.build import seed_model_parallel_rng
 
     compat.apply()
     from megatron.core import parallel_state as ps
@@ -46,7 +47,7 @@ def main():
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
     from transformers import AutoModelForCausalLM
 
-    from nemo_hs2.train import build_model
+    from nemo_hs2.megatron.train_recipe import build_model
 
     results = {}
     for spec in args.model:
@@ -54,7 +55,7 @@ def main():
         nemo, hf_dir = rest.split(":", 1)
         imported = None
         if args.import_first and not os.path.exists(nemo):
-            from nemo_hs2.models.hf_import import run as import_hf
+            from nemo_hs2.hf.importer import run as import_hf
 
             with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
                 source = f"input_gguf={hf_dir}" if hf_dir.endswith(".gguf") else f"input={hf_dir}"
@@ -69,10 +70,10 @@ def main():
         trainer = resolve_and_create_trainer(cfg, "rm")
         model = build_model(cfg, trainer)
         init_distributed(trainer, model, False)
-        compat.seed_model_parallel_rng(int(cfg.model.seed))
+        seed_model_parallel_rng(int(cfg.model.seed))
         module = model.model
         if hf_dir.endswith(".gguf"):
-            from nemo_hs2.models.hf_import import load_gguf
+            from nemo_hs2.hf.importer import load_gguf
 
             hf = load_gguf(hf_dir)  # transformers' own GGUF load; the one the import used, if it ran here
         else:

@@ -52,7 +52,8 @@ def write(out_dir: str) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from nemo_hs2 import compat
+    from nemo_hs2.megatron import compat
+    from nemo_hs2.megatron.build import seed_model_parallel_rng
 
     OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
     OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
@@ -73,13 +74,13 @@ def write(out_dir: str) -> None:
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
 
     from nemo_hs2.data.dataset import encoder_of
-    from nemo_hs2.inference import conversation_to_text
+    from nemo_hs2.megatron.scorer import conversation_to_text
 
     torch.manual_seed(7)
     trainer = resolve_and_create_trainer(cfg, "rm")
     model = MegatronGPTRegressionRewardModel(cfg.model, trainer)
     init_distributed(trainer, model, False)
-    compat.seed_model_parallel_rng(7)
+    seed_model_parallel_rng(7)
     with torch.no_grad():  # larger than the init, so rows differ clearly; a non-zero bias, so slots do too
         model.model.rm_head.weight.normal_(0, 0.3)
         model.model.rm_head.bias.normal_(0, 1.0)
@@ -102,8 +103,8 @@ def write(out_dir: str) -> None:
 def load(out: str, *specs: str) -> None:
     """Each spec is ``CKPT|LAYOUT|ATTRIBUTES`` (LAYOUT: none, a name or a JSON list; ATTRIBUTES: comma-separated or
     empty) or ``eval|CKPT|LAYOUT|DIR``; all are loaded in this process, one after another."""
-    from nemo_hs2.inference import RewardScorer
-    from nemo_hs2.models.loading import load_reward_model
+    from nemo_hs2.megatron.scorer import RewardScorer
+    from nemo_hs2.megatron.loading import load_reward_model
 
     results = []
     for spec in specs:

@@ -80,12 +80,13 @@ def main():
 
     import torch
 
-    from nemo_hs2 import compat
+    from nemo_hs2.megatron import compat
+    from nemo_hs2.megatron.build import seed_model_parallel_rng
 
     compat.apply()
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
 
-    from nemo_hs2.models.reward_model import AttributeRewardModel
+    from nemo_hs2.megatron.reward_model import AttributeRewardModel
 
     trainer, report = None, {"compat": compat.applied(), "presets": {}}
     b = batch([17, 40, 9])
@@ -98,7 +99,7 @@ def main():
         model = AttributeRewardModel(cfg.model, trainer)
         if not torch.distributed.is_initialized():
             init_distributed(trainer, model, False)
-            compat.seed_model_parallel_rng(0)
+            seed_model_parallel_rng(0)
         return model.eval()
 
     for preset in args.presets:

@@ -22,8 +22,8 @@ def in_training_step(step, fn):
     """Pass the predictions of training step ``step`` (not validation) through ``fn`` before the loss."""
     import torch
 
-    import nemo_hs2.models.reward_model as rm
-    from nemo_hs2.trainer import RewardModelTrainer
+    import nemo_hs2.megatron.reward_model as rm
+    from nemo_hs2.megatron.rm_trainer import RewardModelTrainer
 
     state = {"step": 0}
     real_step, real_loss = RewardModelTrainer.train_single_step, rm.losses.masked_mse_sum
@@ -71,7 +71,7 @@ def main():
         cuda_type_names()
 
     if fault == "nan":
-        import nemo_hs2.models.reward_model as rm
+        import nemo_hs2.megatron.reward_model as rm
 
         calls = {"n": 0}
         real = rm.losses.masked_mse_sum
@@ -126,7 +126,7 @@ def main():
     else:
         raise SystemExit(f"unknown fault {fault}")
 
-    from nemo_hs2.train import run
+    from nemo_hs2.megatron.train_recipe import run
 
     run(cfg)
 
