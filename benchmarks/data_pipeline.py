@@ -74,13 +74,13 @@ def tokenizers() -> tuple[list[tuple[str, object]], list[str]]:
 def legacy_jsonl(examples, path: Path) -> None:
     """NeMo-Aligner 0.7.0's regression format: SteerLM text, labels in 9 slots (4 dead OpenAssistant slots)."""
     from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES
-    from nemo_hs2.core.render import DEFAULT_SYSTEM, format_example
+    from nemo_hs2.core.render import steerlm_text, system_turn
 
     with open(path, "w") as f:
         for ex in examples:
-            context, response = format_example(ex.prompt, ex.response, DEFAULT_SYSTEM)
             label = [-100.0] * 4 + [ex.labels.get(a, -100.0) for a in HELPSTEER2_ATTRIBUTES]
-            f.write(json.dumps({"text": context + response, "label": label}) + "\n")
+            text = steerlm_text(ex.conversation, system_turn("steerlm", None))
+            f.write(json.dumps({"text": text, "label": label}) + "\n")
 
 
 def stock_pass(jsonl: Path, tokenizer, seq_length: int, seed: int):

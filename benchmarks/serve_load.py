@@ -3,11 +3,12 @@
     # start the server on the demo checkpoint itself (port 0, short timeouts for the slow-sender cases), then both runs
     .venv/bin/python benchmarks/serve_load.py --checkpoint results/hs2_reward_model/checkpoints/hs2_reward_model.nemo
     # or against a running server (its pid for RSS)
-    .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:5555 --pid 12345 --clients 8 --requests 50
+    .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:5555 --pid 12345 --load 8x50
 
 Load: each client sends its requests one after another, cycling through /score (JSON conversations), KServe v2
 JSON sentences, binary tokens (as NeMo-Aligner's RemoteGPTRMClient sends them) and binary sentences, with 1-4 rows of
-mixed lengths; reports rows/s, p50 / p99 latency and errors (any answer but 200). Fuzz: malformed and hostile
+mixed lengths; one line per run (``--load 4x25,8x100``: clients x requests each): rows/s, p50 / p99 latency, errors
+(any answer but 200) and the server's peak RSS during the run. Fuzz: malformed and hostile
 requests (bad JSON, wrong dtypes, shape lies, huge declared sizes, bad UTF-8, oversize bodies, garbage, slow senders)
 each of which must get its specified status; the server must stay up and its peak RSS during the run (VmHWM,
 reset first) must stay within ``--rss-bound-mb`` of its RSS before the run. Exit status 1 when any of that fails.
@@ -126,9 +127,13 @@ def _load_request(rng, kind, info):
     return "POST", INFER.format(model=info["model_name"]), body, headers, rows
 
 
-def run_load(port, clients=4, requests=10, seed=0, token=None) -> dict:
+KINDS = ("score", "json_sentences", "binary_tokens", "binary_sentences")
+
+
+def run_load(port, clients=4, requests=10, seed=0, token=None, pid=None, kinds=KINDS) -> dict:
     info = json.loads(call(port, "GET", "/info", token=token)[2])
-    kinds = ("score", "json_sentences", "binary_tokens", "binary_sentences")
+    if pid:
+        _reset_peak(pid)
     latencies, errors, rows_done = [], [], [0]
     lock = threading.Lock()
 
@@ -158,9 +163,21 @@ def run_load(port, clients=4, requests=10, seed=0, token=None) -> dict:
     def pct(p):
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
-    return {"clients": clients, "requests": len(latencies), "rows": rows_done[0], "seconds": round(wall, 2),
-            "rows_per_s": round(rows_done[0] / wall, 1), "p50_ms": round(pct(0.50), 1),
-            "p99_ms": round(pct(0.99), 1), "errors": len(errors), "error_samples": errors[:5]}
+    out = {"clients": clients, "requests": len(latencies), "rows": rows_done[0], "seconds": round(wall, 2),
+           "rows_per_s": round(rows_done[0] / wall, 1), "p50_ms": round(pct(0.50), 1),
+           "p99_ms": round(pct(0.99), 1), "errors": len(errors), "error_samples": errors[:5]}
+    if pid:
+        status = read_status(pid)
+        out.update(peak_rss_mb=round(status["VmHWM"] / 1024, 1), threads=status["Threads"])
+    return out
+
+
+def _reset_peak(pid) -> None:
+    try:  # reset the peak-RSS mark (Linux >= 4.0), so VmHWM afterwards is this run's peak
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then VmHWM is the peak over the server's life, an upper bound
 
 
 # ------------------------------------------------------------------------------------------------ fuzz
@@ -205,6 +222,13 @@ def _fuzz_case(rng, i, info):
         ("garbage", "POST", rng.choice(["/score", infer]), rng.randbytes(rng.randint(1, 2000)), {}, {400}),
         ("deep nesting", "POST", infer, b'{"inputs": [{"name": "tokens", "shape": [1], "datatype": "INT64", "data": '
          + b"[" * 100000 + b"]" * 100000 + b"}]}", {}, {400}),
+        ("impossible shape", "POST", infer, json.dumps({"inputs": [{"name": "tokens", "datatype": "INT64", "data": [],
+                                                                    "shape": rng.choice([[0, 2 ** 70], [2 ** 64, 0]])}]
+                                                        }).encode(), {}, {413}),
+        ("4,301-digit number", "POST", rng.choice(["/score", infer]), b'{"inputs": [' + b"7" * 4301 + b"]}", {},
+         {400}),
+        ("JSON values over the limit", "POST", rng.choice(["/score", infer]),
+         b'{"conversations": [' + b"{}," * (lim.get("max_json_values", 1 << 20) // 2 + 1) + b"{}]}", {}, {413}),
         ("unknown route", rng.choice(["GET", "POST", "PUT", "DELETE"]),
          rng.choice(["/v1/score", "/v2/models/critic/infer", "/../../etc/passwd", "/v2/models/x/versions/9/infer"]),
          b"", {}, {404, 405}),
@@ -223,6 +247,10 @@ def _raw_cases(port, info):
     chunk = b"{" * 65536
     body = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * (limit // len(chunk) + 2) + b"0\r\n\r\n"
     out.append(("oversize body (chunked)", raw_exchange(port, chunked + body)[0], {413}))
+    index = f"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: {limit}\r\n\r\n".encode()
+    out.append(("large repository-index body", raw_exchange(port, index + b" " * 1000)[0], {413}))
+    auth = b"GET /info HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xc3\xa9\xff\r\nConnection: close\r\n\r\n"
+    out.append(("non-ASCII Authorization", raw_exchange(port, auth)[0], {200, 401}))  # 200: no token configured
     for bad in (b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
                 b"GET / HTTP/1.1\r\nX: " + b"b" * 20000 + b"\r\n\r\n",
                 b"POST /score HTTP/1.1\r\nContent-Length: -5\r\n\r\n"):
@@ -245,11 +273,7 @@ def _raw_cases(port, info):
 def run_fuzz(port, n=1000, seed=0, pid=None, rss_bound_mb=512.0, token=None, workers=4) -> dict:
     info = json.loads(call(port, "GET", "/info", token=token)[2])
     if pid:
-        try:  # reset the peak-RSS mark (Linux >= 4.0), so VmHWM afterwards is this run's peak
-            with open(f"/proc/{pid}/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass  # then VmHWM is the peak over the server's life, an upper bound
+        _reset_peak(pid)
     before = read_status(pid) if pid else None
     rng = random.Random(seed)
     cases = [_fuzz_case(rng, i, info) for i in range(n)]
@@ -306,8 +330,8 @@ def main(argv=None):
     ap.add_argument("--url", help="a running server, http://127.0.0.1:PORT (loopback only)")
     ap.add_argument("--pid", type=int, help="its process id, for RSS")
     ap.add_argument("--checkpoint", help="start examples/serve_reward_model.py on this checkpoint instead")
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--requests", type=int, default=25, help="per client")
+    ap.add_argument("--load", default="4x25,8x100", help="load runs, CLIENTSxREQUESTS (per client), comma-separated")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"request kinds to cycle through, of {','.join(KINDS)}")
     ap.add_argument("--fuzz", type=int, default=1000, help="fuzz requests (plus the raw-socket cases)")
     ap.add_argument("--rss-bound-mb", type=float, default=512.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -327,8 +351,15 @@ def main(argv=None):
             ap.error("--url must be http://127.0.0.1:PORT (this tool only talks to loopback)")
         port, pid = int(m.group(2)), args.pid
     try:
-        load = run_load(port, args.clients, args.requests, args.seed, token)
-        print("load:", json.dumps(load))
+        loads = []
+        for run in args.load.split(","):
+            clients, requests = map(int, run.split("x"))
+            loads.append(run_load(port, clients, requests, args.seed, token, pid, args.kinds.split(",")))
+            r = loads[-1]
+            print(f"load {clients} x {requests}: {r['rows_per_s']} rows/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+                  f"errors {r['errors']}, peak RSS {r.get('peak_rss_mb', '?')} MiB, threads {r.get('threads', '?')} "
+                  f"({r['requests']} requests, {r['rows']} rows, {r['seconds']} s; load average "
+                  f"{' '.join(open('/proc/loadavg').read().split()[:3])})", flush=True)
         fuzz = run_fuzz(port, args.fuzz, args.seed, pid, args.rss_bound_mb, token)
         print("fuzz:", json.dumps({k: v for k, v in fuzz.items() if k != "by_case"}))
         print("fuzz cases:", json.dumps(fuzz["by_case"]))
@@ -338,8 +369,9 @@ def main(argv=None):
             proc.wait(timeout=60)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"load": load, "fuzz": fuzz}, f, indent=1)
-    ok = load["errors"] == 0 and fuzz["unexpected"] == 0 and fuzz["alive"] and fuzz["score_after"] == 200 \
+            json.dump({"load": loads, "fuzz": fuzz}, f, indent=1)
+    ok = all(r["errors"] == 0 for r in loads) and fuzz["unexpected"] == 0 and fuzz["alive"] \
+        and fuzz["score_after"] == 200 \
         and fuzz.get("rss_within_bound", True)
     return 0 if ok else 1
 

@@ -23,7 +23,6 @@ import os
 import re
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -44,7 +43,8 @@ def _fill(prefix: bytes, item: bytes, suffix: bytes, size: int, count: int | Non
 
 
 def _binary(inputs) -> tuple[bytes, dict]:
-    specs = [{"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(r)}} for n, d, s, r in inputs]
+    specs = [{"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(r)}}
+             for n, d, s, r in inputs]
     text = json.dumps({"inputs": specs}).encode()
     return text + b"".join(r for *_, r in inputs), {"Inference-Header-Content-Length": str(len(text))}
 
@@ -67,7 +67,8 @@ def cases(info) -> list[tuple[str, str, bytes, dict]]:
          {}),
         ("non-BMP string filling the body", "/score", long_turn(body - 200), {}),
         ("non-BMP text filling max_text_mb", "/score", long_turn(text), {}),
-        ("BYTES of empty strings, binary", INFER, *_binary([("sentences", "BYTES", [body // 4], bytes(body // 4 * 4))])),
+        ("BYTES of empty strings, binary", INFER,
+         *_binary([("sentences", "BYTES", [body // 4], bytes(body // 4 * 4))])),
         ("BYTES of empty strings, JSON", INFER, _fill(
             b'{"inputs":[{"name":"sentences","datatype":"BYTES","shape":[' + str(values).encode() + b'],"data":[',
             b'""', b"]}]}", 0, values), {}),

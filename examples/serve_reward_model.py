@@ -44,7 +44,8 @@ def main(cfg):
     host, port = server.address
     info = server.service.info()
     print(f"nemo_hs2 reward server listening on http://{host}:{port} (model '{info['model_name']}', attributes "
-          f"{info['attributes']}, max_length {info['max_length']}, overlength={info['overlength']})", flush=True)
+          f"{info['attributes']}, max_length {info['max_length']}, overlength={info['overlength']}; requests can "
+          f"add at most {info['memory_bound_mb']:g} MiB to this process's memory)", flush=True)
     try:
         server.serve(stop)  # the model runs in this thread, the one that built it
     except ModelLoopFailed as e:

@@ -19,7 +19,8 @@ def main(cfg):
     from nemo_hs2.megatron.faults import leave_after_preemption
     from nemo_hs2.megatron.train_recipe import run
 
-    print_main(run_header(cfg, dict(HydraConfig.get().runtime.choices)))
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    print_main(run_header(cfg, choices))
     result = run(cfg)
     print_main(run_summary(result))
     # pre-empted, checkpoint saved: every rank leaves with 75 (the SLURM scripts requeue), none before all are done

@@ -79,7 +79,7 @@ def test_plots_and_report(tmp_path):
     assert set(plots["pred_vs_true"]) == set(ATTRS)
     for rel in [*plots["pred_vs_true"].values(), plots["score_distributions"]]:
         _png_has_content(tmp_path / rel)
-    text = report.report_markdown("ck.nemo", helpsteer2=result, helpsteer2_source="val.jsonl", plots=plots)
+    text = report.helpsteer2_markdown(result, plots, "val.jsonl")
     for rel in [*plots["pred_vs_true"].values(), plots["score_distributions"]]:
         assert f"]({rel})" in text
     assert "| helpfulness | 4 | 0.100 |" in text and "| true \\ predicted | 0 | 1 | 2 | 3 | 4 |" in text
@@ -88,12 +88,13 @@ def test_plots_and_report(tmp_path):
 
 
 def test_attribute_without_labels_gets_no_plot(tmp_path):
-    examples = [Example.rated("Q", "h=1", {"helpfulness": 1}, pair_id=-1), Example.rated("Q", "h=3", {"helpfulness": 3})]
+    examples = [Example.rated("Q", "h=1", {"helpfulness": 1}, pair_id=-1),
+                Example.rated("Q", "h=3", {"helpfulness": 3})]
     result = report.evaluate_helpsteer2(FakeScorer(), examples, progress=False)
     plots = report.write_plots(result, str(tmp_path))
     assert list(plots["pred_vs_true"]) == ["helpfulness"]
     assert math.isnan(result["metrics"]["verbosity/mse"])
-    text = report.report_markdown("ck", helpsteer2=result, helpsteer2_source="f", plots=plots)
+    text = report.helpsteer2_markdown(result, plots, "f")
     assert "verbosity: no labels, no plot." in text
 
 

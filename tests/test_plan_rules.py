@@ -93,6 +93,8 @@ RULE_CASES = {  # rule -> (changes to the published 70B recipe, what it must say
     "sequence_splitting": ({"model.sequence_parallel": True}, "sequence parallelism leaves split"),
     "sequence_length": ({"data.seq_length": 8192}, "exceeds model.encoder_seq_length"),
     "loss_needs_pairs": ({"model.regression.loss_func": "scaled_bt"}, "needs preference pairs"),
+    "epochs_need_shuffling": ({"trainer.rm.train_random_sampler": False, "trainer.rm.max_epochs": 2},
+                              "repeats the same order every epoch"),
     "checkpoint_interval": ({"trainer.rm.save_interval": 5, "trainer.rm.val_check_interval": 2},
                             "save_interval (5) must be a multiple"),
     "fusions": ({"model.activation": "squared-relu", "model.bias_activation_fusion": True},

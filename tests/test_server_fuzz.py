@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from nemo_hs2 import serving
@@ -80,7 +80,9 @@ def check_outcome(call):
         prepared = call()
     except serving.RequestError as e:
         assert e.status in (400, 413) and str(e), e
+        event(f"refused {e.status}")  # --hypothesis-show-statistics counts each outcome
         return "refused"
+    event("answered")
     assert prepared.rows and all(r.dtype == np.int32 and r.ndim == 1 and len(r) for r in prepared.rows)
     pred = np.stack([FakeScorer.expected(r) for r in prepared.rows])
     try:
@@ -165,7 +167,8 @@ PATHS = ["/score", "/v2/models/reward_model/infer", "/v2/models/reward_model/ver
 @st.composite
 def http_request(draw):
     method = draw(st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"G\xffT"]))
-    path = draw(st.one_of(st.sampled_from(PATHS).map(str.encode), header_bytes.map(lambda b: b"/" + b.replace(b" ", b""))))
+    path = draw(st.one_of(st.sampled_from(PATHS).map(str.encode),
+                          header_bytes.map(lambda b: b"/" + b.replace(b" ", b""))))
     body = draw(st.one_of(st.binary(max_size=200), infer_body().map(lambda c: c[0]),
                           st.builds(lambda c: json.dumps({"conversations": c}).encode(), st.lists(conversation,
                                                                                                   max_size=3))))
@@ -210,6 +213,7 @@ def exchange(port, data: bytes) -> tuple[int | None, bytes]:
 def test_http_answers_every_request_head_and_body_without_a_500(http_server, data):
     srv, collect = http_server
     status, body = exchange(srv.port, data)
+    event(f"HTTP {status}")
     assert status is not None, data[:200]  # an unparseable head is answered 400 by aiohttp, not dropped
     assert status < 300 or status in REFUSALS, (status, data[:300], body[:300])
     if status in REFUSALS and status not in (400, 431) and data.split(b" ", 1)[0] != b"HEAD":

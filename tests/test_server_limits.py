@@ -328,6 +328,20 @@ def test_each_limit_is_answered_with_its_status_and_name(make_server):
     assert request(port, "POST", "/score", {"conversations": [CONV]})[0] == 200
 
 
+def test_compressed_bodies_count_inflated(make_server):
+    """tritonclient can gzip its requests (request_compression_algorithm) and aiohttp inflates them as they are
+    read: a gzip body is scored, and one that inflates past max_body_mb (a 200 KB bomb of 20 MiB) is a 413."""
+    import gzip
+
+    srv = make_server({"max_body_mb": 1, "max_buffered_mb": 4})
+    body = gzip.compress(json.dumps({"conversations": [CONV]}).encode())
+    status, _, answer = request(srv.port, "POST", "/score", body, {"Content-Encoding": "gzip"})
+    assert status == 200 and len(answer["rewards"]) == 1
+    bomb = gzip.compress(b'{"conversations": [' + b" " * (20 << 20) + b"]}")
+    status, _, answer = request(srv.port, "POST", "/score", bomb, {"Content-Encoding": "gzip"})
+    assert status == 413 and "server.max_body_mb" in answer["error"] and len(bomb) < 100_000
+
+
 def test_queue_depth_gives_503_with_retry_after_and_the_deadline_504(make_server):
     srv = make_server({"max_pending_requests": 2, "request_timeout_s": 2.0, "max_queue_delay_ms": 0},
                       FakeScorer(delay_s=0.8))
@@ -370,5 +384,29 @@ def test_small_load_and_fuzz_runs():
         assert fuzz["tried"] >= 300 and fuzz["alive"] and fuzz["score_after"] == 200
         assert fuzz["rss_within_bound"], fuzz
         assert srv.proc.poll() is None
+    finally:
+        srv.close()
+
+
+@pytest.mark.slow
+def test_worst_case_memory_stays_within_the_stated_bound():
+    """benchmarks/serve_memory.py at reduced limits: every worst case it builds (the issue's empty-object body,
+    tiny strings and empty objects up to max_json_values, deep arrays, a non-BMP string filling the body and
+    max_text_mb, BYTES tensors of empty strings, INT64 tokens, large repository-index POSTs), sent by
+    max_connections clients at once, is refused 4xx / 503, the server keeps scoring, and its peak RSS stays within
+    idle + ServerConfig.memory_bound_mb(); its thread count does not grow with that load."""
+    import serve_memory
+
+    settings = {"max_body_mb": 2, "max_buffered_mb": 8, "max_json_values": 1 << 16, "max_text_mb": 0.5,
+                "max_connections": 12, "parse_workers": 2}
+    srv = Subprocess(*(f"server.{k}={v}" for k, v in settings.items()))
+    try:
+        idle_threads = srv.threads()
+        out = serve_memory.run(srv.port, srv.proc.pid)
+        assert out["bound_mb"] == pytest.approx(serving.ServerConfig(**settings).memory_bound_mb(), abs=0.1)
+        for case in out["cases"]:
+            assert case["ok"], case
+            assert set(case["statuses"]) <= {"400", "413", "503"}, case
+        assert srv.threads() <= idle_threads + settings["parse_workers"]
     finally:
         srv.close()

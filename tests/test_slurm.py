@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ROOT
 
 SLURM = ROOT / "examples" / "slurm"
-SCRIPTS = [SLURM / "submit.sh", SLURM / "train_rm.sbatch"]
+SCRIPTS = [SLURM / "submit.sh", SLURM / "train_rm.sbatch", *sorted((ROOT / "scripts" / "slurm").glob("*.sh"))]
 CKPT = "init.restore_from_path=/models/base.nemo"
 
 # Each fake appends one record per call: its name, (srun: MASTER_ADDR / MASTER_PORT,) one argument per line, "--".

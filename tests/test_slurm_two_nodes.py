@@ -136,12 +136,11 @@ def runs(cluster, tmp_path_factory):
         for where, nodes in (("two", TWO_NODES), ("one", ONE_NODE)):
             results = tmp_path_factory.mktemp(f"{where}_{layout}")
             name = f"{where}_nodes_{layout}"
-            jobs[where, layout] = (submit(results, *nodes, *overrides, f"name={name}"), results / name, time.time())
+            jobs[where, layout] = (submit(results, *nodes, *overrides, f"name={name}"), results / name)
     done = {}
-    for key, (job, log_dir, t0) in jobs.items():
+    for key, (job, log_dir) in jobs.items():
         info = wait(job, finished, 1200, f"{key} to finish")
-        done[key] = {"job": job, "log_dir": log_dir, "info": info, "out": output(log_dir, job),
-                     "wall_s": time.time() - t0}
+        done[key] = {"job": job, "log_dir": log_dir, "info": info, "out": output(log_dir, job)}
     return done
 
 
@@ -162,8 +161,8 @@ def test_one_task_per_node_sees_its_node_and_ends_where_one_node_ends(runs, layo
         assert summary["layout"]["world"] == 2 and summary["layout"][layout] == 2
         assert "training finished" in run["out"] and list((run["log_dir"] / "checkpoints").glob("*.nemo"))
     difference = max_difference(final_validation(two["log_dir"]), final_validation(one["log_dir"]))
-    print(f"{layout.upper()}=2: two nodes {two['wall_s']:.0f} s, one node {one['wall_s']:.0f} s (submit to end, "
-          f"queue included); final validation differs by at most {difference:g}")
+    print(f"{layout.upper()}=2: job run time on two nodes {two['info']['RunTime']}, on one node "
+          f"{one['info']['RunTime']}; final validation differs by at most {difference:g}")
     assert difference <= 1e-6
     assert not leftovers()
 
@@ -186,7 +185,7 @@ def test_preemption_then_a_lost_node_requeue_and_resume_to_the_same_result(runs,
     slurm("scancel", "--signal=USR1", job)
     wait(job, lambda i: i.get("Restarts") == "1" and i.get("JobState") == "RUNNING", 600, "the requeued run")
     out = output(log_dir, job)
-    assert "training checkpointed on a pre-emption / time-limit signal (exit 75)" in out, out[-5000:]
+    assert "training checkpointed on a pre-emption / time-limit signal, or lost a rank (exit 75)" in out, out[-5000:]
     for rank in (0, 1):
         assert f"rank {rank}: all 2 ranks wrote their part of the checkpoint" in out, out[-5000:]
 

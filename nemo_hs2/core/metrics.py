@@ -10,8 +10,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from nemo_hs2.core.attributes import check_attributes
+from nemo_hs2.core.losses import bradley_terry_sum
 from nemo_hs2.core.reward_weights import combine, resolve_weights
 
 
@@ -164,6 +166,24 @@ def pairwise_metrics(pred, target, pair_ids, attributes: Sequence[str], weights)
     acc, n = _ordering_accuracy(pred_reward[a], pred_reward[b], true_reward[a], true_reward[b])
     out["pairwise_acc/reward"], out["pairs/reward"] = acc, n
     return out
+
+
+def preference_metrics(arrays, bt_weights, kind: str, ties: str = "drop") -> dict[str, float]:
+    """Bradley-Terry loss and preference accuracy over every pair (``pair_ids``: two rows per pair, in any order;
+    ``preference``: the pair's strength on both rows). Training's validation and evaluation both call this."""
+    order = np.argsort(arrays["pair_ids"], kind="stable")
+    order = order[arrays["pair_ids"][order] >= 0]
+    pred = torch.as_tensor(arrays["pred"][order])
+    pref = torch.as_tensor(arrays["preference"][order], dtype=torch.float32)
+    total, n = bradley_terry_sum(pred, pref, bt_weights, kind, ties)
+    metrics = {"bt_loss": float(total) / int(n) if int(n) else math.nan}
+    reward = pred.double() @ torch.as_tensor(bt_weights, dtype=torch.float64)
+    strength = pref[0::2].double()
+    valid = torch.isfinite(strength) & (strength != 0)
+    margin = (reward[1::2] - reward[0::2]) * torch.sign(strength)
+    metrics["preference_acc"] = float((margin[valid] > 0).double().mean()) if valid.any() else math.nan
+    metrics["preference_pairs"] = int(valid.sum())
+    return metrics
 
 
 def confusion_matrix(pred_col, target_col, score_range=(0, 4)) -> np.ndarray:

@@ -7,6 +7,7 @@ conversations as ``[{"role", "content"}, ...]`` ending with the rated assistant 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -30,6 +31,17 @@ class Scorer(Protocol):
 
     def score(self, conversations) -> list[dict]:
         """Per-conversation ``{"attributes": {name: value}, "reward": float}``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BTSettings:
+    """What a checkpoint's Bradley-Terry loss compares and how (its ``model.regression``): evaluation on preference
+    sets reports the loss the recipe trained with."""
+
+    weights: np.ndarray  # over the scorer's attributes
+    kind: str  # regular_bt | margin_bt | scaled_bt
+    ties: str  # drop | aligner
+    source: str  # where the weights come from, for the report
 
 
 def as_conversation(conversation) -> Conversation:

@@ -109,8 +109,6 @@ def build_split(data_cfg, tokenizer, seq_length: int, split: str, progress: bool
                                desc=f"tokenizing {split}")
     st.skipped.update(skipped)
     st.rows += sum(skipped.values())
-    if len(ds) == 0:
-        raise ValueError(f"the {split} split has no usable rows (skipped: {dict(st.skipped)})")
     if cache_dir:
         cache.save(path, key, components, ds, st)
         # Serve the memmapped copy, so that a cold start behaves (and uses memory) exactly like a warm one.
@@ -153,6 +151,7 @@ def prepare(data_cfg, tokenizer, seq_length: int, output_dir: str | os.PathLike 
     if loaded is None:
         loaded = validate(data_cfg)
     datasets, stats = build_datasets(data_cfg, tokenizer, seq_length, progress, loaded)
+    check_batches(datasets, stats, 1, "none", False)  # a split with no row left is an error here too
     settings = {
         "source": str(data_cfg.source),
         "files": {s: data_cfg.get(f"{s}_file") for s in SPLITS} if data_cfg.source == "files" else None,
@@ -181,22 +180,6 @@ BT_LOSSES = ("regular_bt", "margin_bt", "scaled_bt", "regression+bt")
 
 class DataError(ValueError):
     """The data a run asks for cannot train it: found before any model or process group exists."""
-
-
-def check_loss_fits_data(data_cfg, loss: str) -> None:
-    """Preference data needs a Bradley-Terry loss and rated rows a regression one; said before anything is read."""
-    pairs = data_cfg.source == "preference"
-    if pairs and loss == "regression":
-        raise DataError(
-            "data.source=preference (preference pairs) with model.regression.loss_func=regression: pairs carry a "
-            "preference strength, not attribute labels. Train them with a Bradley-Terry loss, e.g. "
-            "model.regression.loss_func=scaled_bt 'data.attributes=[helpfulness]' "
-            "model.regression.reward_weights=helpfulness_only (or regular_bt / margin_bt)")
-    if not pairs and loss in BT_LOSSES:
-        raise DataError(
-            f"model.regression.loss_func={loss} needs preference pairs, but data.source={data_cfg.source} holds rated "
-            "rows: use data=helpsteer2_preference, data=helpsteer3_preference or data=demo_preference, or "
-            "model.regression.loss_func=regression")
 
 
 def _why(st: TokenizeStats) -> str:
@@ -240,7 +223,6 @@ def build_run_data(data_cfg, tokenizer, global_batch_size: int, loss: str, progr
     from nemo_hs2.data.dataset import Collator
     from nemo_hs2.data.preference import PairCollator, build_pair_datasets
 
-    check_loss_fits_data(data_cfg, loss)
     if data_cfg.source == "preference":  # samples are whole pairs; batch sizes count pairs
         datasets, stats = build_pair_datasets(data_cfg, make_renderer(data_cfg, tokenizer), int(data_cfg.seq_length))
         collate = PairCollator(tokenizer.eos_id, data_cfg.pad_to_multiple)

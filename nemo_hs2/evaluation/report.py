@@ -152,25 +152,6 @@ def helpsteer2_markdown(result: Mapping, plots: Mapping | None, source: str) -> 
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(checkpoint: str, rewardbench: Mapping | None = None, rewardbench_source: str | None = None,
-                    helpsteer2: Mapping | None = None, helpsteer2_source: str | None = None,
-                    plots: Mapping | None = None, rewardbench2: Mapping | None = None,
-                    rewardbench2_source: str | None = None) -> str:
-    from nemo_hs2.evaluation import rewardbench as rb
-    from nemo_hs2.evaluation import rewardbench2 as rb2
-
-    parts = ["# Reward model evaluation", "", f"Checkpoint: `{checkpoint}`", ""]
-    if rewardbench is not None:
-        parts += ["## RewardBench", "", f"Source: `{rewardbench_source}`. {rb.describe(rewardbench)}", "",
-                  rb.markdown(rewardbench)]
-    if rewardbench2 is not None:
-        parts += ["## RewardBench 2", "", f"Source: `{rewardbench2_source}`. {rb2.describe(rewardbench2)}", "",
-                  rb2.markdown(rewardbench2)]
-    if helpsteer2 is not None:
-        parts += ["## HelpSteer2 validation", "", helpsteer2_markdown(helpsteer2, plots, helpsteer2_source)]
-    return "\n".join(parts)
-
-
 def json_ready(result: Mapping) -> dict:
     """The result without its arrays, NaN as null (strict JSON)."""
     return strict_json({k: v for k, v in result.items() if not isinstance(v, np.ndarray)})

@@ -1,28 +1,28 @@
-"""``examples/evaluate_reward_model.py``: RewardBench and/or a HelpSteer2 report for one checkpoint.
+"""``examples/evaluate_reward_model.py``: one checkpoint (or Hugging Face export) on every benchmark the config names.
 
-Inputs are read and checked before the model is built, so a wrong path or a bad row fails in seconds. Every rank
-of a model-parallel launch scores the same rows; rank 0 writes.
+Each benchmark is a ``Task``: read and check its input (before the model is built, so a wrong path or a bad row fails
+in seconds), score it, write its files, and give a section of ``report.md``. Every rank of a model-parallel launch
+scores the same rows; rank 0 writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_hs2.core.rank import is_main_rank
 from nemo_hs2.evaluation import outputs as out
+from nemo_hs2.evaluation import preference as pref
+from nemo_hs2.evaluation import report
 from nemo_hs2.evaluation import rewardbench as rb
 from nemo_hs2.evaluation import rewardbench2 as rb2
-from nemo_hs2.evaluation import report
 
 log = logging.getLogger(__name__)
-
-RESULT_FILES = ("rewardbench.json", "rewardbench.md", "rewardbench_scores.jsonl", "helpsteer2.json",
-                "helpsteer2_predictions.jsonl", "report.md",
-                "rewardbench2.json", "rewardbench2.md", "rewardbench2_scores.jsonl")
 
 
 def reward_weights(model, spec=None):
@@ -53,110 +53,152 @@ def load_model(cfg):
     return load_reward_model(cfg.checkpoint, cfg.get("trainer"), cfg.get("model"), cfg.get("head_layout"))
 
 
+# ------------------------------------------------------------------------------------------------ the benchmarks
+@dataclasses.dataclass
+class Task:
+    key: str  # the config section
+    title: str
+    files: tuple[str, ...]  # written into output_dir
+    read: Callable  # (section cfg, attributes) -> rows
+    evaluate: Callable  # (scorer, rows, progress) -> (summary, records)
+    markdown: Callable  # (summary, source) -> str
+    headline: Callable  # summary -> the numbers printed and returned
+
+
+def _hs2_read(section, attributes):
+    from nemo_hs2.data.sources import read_examples
+
+    examples, skipped = read_examples(str(section.file), attributes(), tuple(section.get("score_range", (0, 4))),
+                                      section.get("on_bad_row", "error"))
+    log.info(f"HelpSteer2: {len(examples)} rows from {section.file}, skipped {dict(skipped)}")
+    return examples, tuple(section.get("score_range", (0, 4))), bool(section.get("plots", True))
+
+
+def _hs2_evaluate(scorer, loaded, progress):
+    examples, score_range, plots = loaded
+    result = report.evaluate_helpsteer2(scorer, examples, score_range, progress)
+    records = [{"line": e.line, "pair_id": e.pair_id, "reward": float(r),
+                "pred": dict(zip(result["attributes"], p.tolist())),
+                "target": {a: e.labels.get(a) for a in result["attributes"]}}
+               for e, p, r in zip(examples, result["pred"], result["reward"])]
+    return {**result, "want_plots": plots}, records
+
+
+def _hs2_headline(result):
+    m = result["metrics"]
+    return {"rows": result["rows"], "mse": m["mse"], "baseline_mse": m["baseline_mse"],
+            "pairwise_acc/reward": m["pairwise_acc/reward"]}
+
+
+def _hub_rows(module, section):
+    rows = module.read_rows(str(section.file), section.get("dataset", module.HUB_DATASET),
+                            section.get("split", module.HUB_SPLIT))
+    log.info(f"{module.__name__}: {len(rows)} rows from {section.file}")
+    return rows
+
+
+def _preference_headline(summary):
+    m = summary["metrics"]
+    return {k: m[k] for k in ("pairs", "ties", "preference_pairs", "preference_acc", "bt_loss")}
+
+
+TASKS = (
+    Task("rewardbench", "RewardBench", ("rewardbench.json", "rewardbench.md", "rewardbench_scores.jsonl"),
+         lambda s, a: (_hub_rows(rb, s), float(s.get("prior_weight") or 0.0)),
+         lambda sc, rows, p: rb.evaluate(sc, rows[0], progress=p, prior_weight=rows[1]),
+         lambda s, src: f"Source: `{src}`. {rb.describe(s)}\n\n{rb.markdown(s)}",
+         lambda s: {"overall": s["overall"], "sections": s["sections"], "rows": s["rows"]}),
+    Task("rewardbench2", "RewardBench 2", ("rewardbench2.json", "rewardbench2.md", "rewardbench2_scores.jsonl"),
+         lambda s, a: _hub_rows(rb2, s), lambda sc, rows, p: rb2.evaluate(sc, rows, progress=p),
+         lambda s, src: f"Source: `{src}`. {rb2.describe(s)}\n\n{rb2.markdown(s)}",
+         lambda s: {"overall": s["overall"], "subsets": s["subset_scores"], "rows": s["rows"]}),
+    Task("helpsteer2", "HelpSteer2 validation", ("helpsteer2.json", "helpsteer2_predictions.jsonl"),
+         _hs2_read, _hs2_evaluate, lambda s, src: report.helpsteer2_markdown(s, s.get("plots"), src), _hs2_headline),
+    Task("helpsteer2_preference", "HelpSteer2-Preference",
+         ("helpsteer2_preference.json", "helpsteer2_preference_scores.jsonl"),
+         lambda s, a: pref.read_helpsteer2_preference(str(s.file), str(s.get("split", "val")),
+                                                      s.get("on_bad_row", "error")),
+         lambda sc, pairs, p: pref.evaluate(sc, pairs, "HelpSteer2-Preference", p),
+         lambda s, src: f"Source: `{src}`.\n\n{pref.markdown(s)}", _preference_headline),
+    Task("helpsteer3", "HelpSteer3-Preference", ("helpsteer3.json", "helpsteer3_scores.jsonl"),
+         lambda s, a: pref.read_helpsteer3(str(s.file), s.get("domains"), s.get("languages"),
+                                           s.get("on_bad_row", "error")),
+         lambda sc, pairs, p: pref.evaluate(sc, pairs, "HelpSteer3", p),
+         lambda s, src: f"Source: `{src}`.\n\n{pref.markdown(s)}", _preference_headline),
+)
+
+
+def _attributes(cfg, model, scorer):
+    """The attribute names the model predicts, known before it is loaded (HelpSteer2 labels are read by them)."""
+    if scorer is not None:
+        if scorer.head != "attributes":
+            raise ValueError(f"helpsteer2.file needs per-attribute outputs: hf_model={cfg.hf_model} was exported "
+                             "with export.head=reward")
+        return list(scorer.attributes)
+    if model is not None:
+        return list(model.attributes)
+    from nemo_hs2.megatron.loading import checkpoint_config
+
+    wanted = ((cfg.get("model") or {}).get("regression") or {}).get("attributes")
+    return list(checkpoint_config(cfg.checkpoint, cfg.get("head_layout"), wanted).regression.attributes)
+
+
+def _check_request(cfg, asked) -> str:
+    if not asked:
+        raise ValueError("nothing to evaluate: give one or more of " + ", ".join(
+            f"{t.key}.file=PATH" for t in TASKS) + " (rewardbench / rewardbench2 also take =hub)")
+    if not cfg.get("output_dir"):
+        raise ValueError("output_dir is required")
+    if bool(cfg.get("checkpoint")) == bool(cfg.get("hf_model")):
+        raise ValueError("give exactly one of checkpoint=RM.nemo and hf_model=DIR (an examples/export_hf.py export)")
+    output_dir = str(cfg.output_dir)
+    out.check_outputs([os.path.join(output_dir, f) for t in TASKS for f in (*t.files, "report.md")],
+                      [cfg[t.key].file for t in asked])
+    return output_dir
+
+
+def _write(task: Task, output_dir: str, label: str, summary: dict, records: list, save_scores: bool) -> list[str]:
+    source = str(summary["source"])
+    if task.key == "helpsteer2":
+        written = []
+        if summary.pop("want_plots"):
+            summary["plots"] = report.write_plots(summary, output_dir)
+            written += [os.path.join(output_dir, p) for p in
+                        [*summary["plots"]["pred_vs_true"].values(), summary["plots"]["score_distributions"]]]
+        return written + [out.write_json(os.path.join(output_dir, task.files[0]), report.json_ready(summary)),
+                          out.write_jsonl(os.path.join(output_dir, task.files[1]), records)]
+    written = [out.write_json(os.path.join(output_dir, task.files[0]), summary)]
+    if task.files[1].endswith(".md"):
+        written.append(out.write_text(os.path.join(output_dir, task.files[1]),
+                                      f"# {task.title}: `{label}`\n\n{task.markdown(summary, source)}\n"))
+    if save_scores:
+        written.append(out.write_jsonl(os.path.join(output_dir, task.files[-1]), records))
+    return written
+
+
 def run(cfg, model=None) -> dict:
     """Evaluate; returns what was written (paths and headline numbers). ``model``: an already loaded one."""
     started = time.time()
-    rb_file = (cfg.get("rewardbench") or {}).get("file")
-    rb2_cfg = cfg.get("rewardbench2") or {}
-    rb2_file = rb2_cfg.get("file")
-    hs2_cfg = cfg.get("helpsteer2") or {}
-    hs2_file = hs2_cfg.get("file")
-    if not rb_file and not rb2_file and not hs2_file:
-        raise ValueError("nothing to evaluate: give rewardbench.file=PATH (or rewardbench.file=hub), "
-                         "rewardbench2.file=PATH (or hub) and/or helpsteer2.file=PATH")
-    if not cfg.get("output_dir"):
-        raise ValueError("output_dir is required")
-    output_dir = str(cfg.output_dir)
-    out.check_outputs([os.path.join(output_dir, f) for f in RESULT_FILES], [rb_file, rb2_file, hs2_file])
-    if bool(cfg.get("checkpoint")) == bool(cfg.get("hf_model")):
-        raise ValueError("give exactly one of checkpoint=RM.nemo and hf_model=DIR (an examples/export_hf.py export)")
+    asked = [t for t in TASKS if (cfg.get(t.key) or {}).get("file")]
+    output_dir = _check_request(cfg, asked)
     label = str(cfg.get("checkpoint") or cfg.hf_model)
     scorer = hf_scorer(cfg) if cfg.get("hf_model") else None
-
-    rows = rows2 = examples = None
-    if rb_file:
-        rows = rb.read_rows(str(rb_file), cfg.rewardbench.get("dataset", rb.HUB_DATASET),
-                            cfg.rewardbench.get("split", rb.HUB_SPLIT))
-        log.info(f"RewardBench: {len(rows)} rows from {rb_file}")
-    if rb2_file:
-        rows2 = rb2.read_rows(str(rb2_file), rb2_cfg.get("dataset", rb2.HUB_DATASET),
-                              rb2_cfg.get("split", rb2.HUB_SPLIT))
-        log.info(f"RewardBench 2: {len(rows2)} rows from {rb2_file}")
-    if hs2_file:
-        from nemo_hs2.data.sources import read_examples
-        from nemo_hs2.megatron.loading import checkpoint_config
-
-        if scorer is not None:
-            if scorer.head != "attributes":
-                raise ValueError(f"helpsteer2.file needs per-attribute outputs: hf_model={cfg.hf_model} was exported "
-                                 "with export.head=reward")
-            attributes = list(scorer.attributes)
-        else:
-            wanted = ((cfg.get("model") or {}).get("regression") or {}).get("attributes")
-            attributes = list(checkpoint_config(cfg.checkpoint, cfg.get("head_layout"), wanted).regression.attributes) \
-                if model is None else list(model.attributes)
-        examples, skipped = read_examples(str(hs2_file), attributes, tuple(hs2_cfg.get("score_range", (0, 4))),
-                                          hs2_cfg.get("on_bad_row", "error"))
-        log.info(f"HelpSteer2: {len(examples)} rows from {hs2_file}, skipped {dict(skipped)}")
-
+    inputs = {t.key: t.read(cfg[t.key], lambda: _attributes(cfg, model, scorer)) for t in asked}
     if scorer is None:
         scorer = make_scorer(load_model(cfg) if model is None else model, cfg)
     main = is_main_rank()
     progress = bool(cfg.get("progress", True)) and main
     summary = {"checkpoint": label, "output_dir": output_dir, "files": []}
-    rb_summary = rb2_summary = hs2 = plots = None
-    written = []
-
-    if rows is not None:
-        rb_summary, records = rb.evaluate(scorer, rows, progress=progress,
-                                          prior_weight=float(cfg.rewardbench.get("prior_weight") or 0.0))
-        rb_summary = {"checkpoint": label, "source": str(rb_file), **rb_summary}
+    sections = [f"# Reward model evaluation\n\nCheckpoint: `{label}`\n"]
+    for task in asked:
+        result, records = task.evaluate(scorer, inputs[task.key], progress)
+        result = {"checkpoint": label, "source": str(cfg[task.key].file), **result}
         if main:
-            written.append(out.write_json(os.path.join(output_dir, "rewardbench.json"), rb_summary))
-            written.append(out.write_text(os.path.join(output_dir, "rewardbench.md"),
-                                          f"# RewardBench: `{label}`\n\n{rb.describe(rb_summary)}\n\n"
-                                          + rb.markdown(rb_summary)))
-            if cfg.rewardbench.get("save_scores", True):
-                written.append(out.write_jsonl(os.path.join(output_dir, "rewardbench_scores.jsonl"), records))
-        summary["rewardbench"] = {"overall": rb_summary["overall"], "sections": rb_summary["sections"],
-                                  "rows": rb_summary["rows"]}
-
-    if rows2 is not None:
-        rb2_summary, records2 = rb2.evaluate(scorer, rows2, progress=progress)
-        rb2_summary = {"checkpoint": label, "source": str(rb2_file), **rb2_summary}
-        if main:
-            written.append(out.write_json(os.path.join(output_dir, "rewardbench2.json"), rb2_summary))
-            written.append(out.write_text(os.path.join(output_dir, "rewardbench2.md"),
-                                          f"# RewardBench 2: `{label}`\n\n{rb2.describe(rb2_summary)}\n\n"
-                                          + rb2.markdown(rb2_summary)))
-            if rb2_cfg.get("save_scores", True):
-                written.append(out.write_jsonl(os.path.join(output_dir, "rewardbench2_scores.jsonl"), records2))
-        summary["rewardbench2"] = {"overall": rb2_summary["overall"], "subsets": rb2_summary["subset_scores"],
-                                   "rows": rb2_summary["rows"]}
-
-    if examples is not None:
-        hs2 = report.evaluate_helpsteer2(scorer, examples, tuple(hs2_cfg.get("score_range", (0, 4))), progress)
-        if main:
-            if hs2_cfg.get("plots", True):
-                plots = report.write_plots(hs2, output_dir)
-                written += [os.path.join(output_dir, p) for p in
-                            [*plots["pred_vs_true"].values(), plots["score_distributions"]]]
-            written.append(out.write_json(os.path.join(output_dir, "helpsteer2.json"),
-                                          {"checkpoint": label, "source": str(hs2_file),
-                                           **report.json_ready(hs2), "plots": plots}))
-            preds = [{"line": e.line, "pair_id": e.pair_id, "reward": float(r),
-                      "pred": dict(zip(hs2["attributes"], p.tolist())),
-                      "target": {a: e.labels.get(a) for a in hs2["attributes"]}}
-                     for e, p, r in zip(examples, hs2["pred"], hs2["reward"])]
-            written.append(out.write_jsonl(os.path.join(output_dir, "helpsteer2_predictions.jsonl"), preds))
-        m = hs2["metrics"]
-        summary["helpsteer2"] = {"rows": hs2["rows"], "mse": m["mse"], "baseline_mse": m["baseline_mse"],
-                                 "pairwise_acc/reward": m["pairwise_acc/reward"]}
-
+            summary["files"] += _write(task, output_dir, label, result, records,
+                                       bool(cfg[task.key].get("save_scores", True)))
+        sections.append(f"## {task.title}\n\n{task.markdown(result, result['source'])}\n")
+        summary[task.key] = task.headline(result)
     if main:
-        written.append(out.write_text(os.path.join(output_dir, "report.md"), report.report_markdown(
-            label, rb_summary, str(rb_file) if rb_file else None, hs2,
-            str(hs2_file) if hs2_file else None, plots, rb2_summary, str(rb2_file) if rb2_file else None)))
-    summary["files"] = written
+        summary["files"].append(out.write_text(os.path.join(output_dir, "report.md"), "\n".join(sections)))
     summary["wall_time_s"] = round(time.time() - started, 1)
     return summary

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_hs2.core.render import export_chat_template
 from nemo_hs2.hf import mapping as hf
-from nemo_hs2.megatron.rotary import LLAMA31_ROPE_SCALING
+from nemo_hs2.megatron.rotary import hf_rope_scaling, model_scaling
 
 PAD_TOKEN = "<|nemo_hs2_pad|>"
 HEADS = ("attributes", "reward")
@@ -55,7 +55,7 @@ def hf_causal_config(c) -> dict:
     if norm == "rmsnorm" and act == "fast-swiglu":
         out = {**common, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
                "rms_norm_eps": float(c.layernorm_epsilon),
-               "rope_scaling": dict(LLAMA31_ROPE_SCALING) if c.get("scale_positional_embedding") else None}
+               "rope_scaling": hf_rope_scaling(c)}
     elif norm == "layernorm1p" and act == "squared-relu":
         out = {**common, "architectures": ["NemotronForCausalLM"], "model_type": "nemotron", "hidden_act": "relu2",
                "norm_eps": float(c.layernorm_epsilon), "partial_rotary_factor": float(c.rotary_percentage)}
@@ -75,9 +75,11 @@ def hf_causal_config(c) -> dict:
     back = hf.nemo_arch_config(out, "the exported config")
     wrong = {k: (c.get(k, NEMO_DEFAULTS.get(k)), v) for k, v in back.items()
              if k not in ("share_embeddings_and_output_weights", "init_method_std", "bias_activation_fusion",
-                          "apply_query_key_layer_scaling")
+                          "apply_query_key_layer_scaling", "rope_scaling")
              and not _same(c.get(k, NEMO_DEFAULTS.get(k)), v)
              and not (k in ("num_query_groups", "kv_channels") and c.get(k) is None)}
+    if model_scaling(c) != back["rope_scaling"]:  # what is applied (Llama 3.1's where only the switch is set)
+        wrong["rope_scaling"] = (model_scaling(c), back["rope_scaling"])
     if wrong:
         raise hf.UnsupportedModel(f"the .nemo's {wrong} (nemo value, exported reading) cannot be represented in "
                                   f"{out['architectures'][0]}")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 
 from nemo_hs2.megatron.checkpoint_config import ARCH_KEYS  # noqa: F401  (this module's face too)
-from nemo_hs2.megatron.rotary import check_hf_rope_scaling
+from nemo_hs2.megatron.rotary import hf_llama3_scaling
 
 class UnsupportedModel(ValueError):
     """The HF checkpoint is not one this importer can represent exactly."""
@@ -33,11 +33,13 @@ def _require(cfg: Mapping, key: str, allowed, where: str):
     return value
 
 
-def _rope_scaling(cfg: Mapping, where: str) -> bool:
+def _rope_scaling(cfg: Mapping, where: str) -> dict:
+    """``scale_positional_embedding`` and ``rope_scaling`` (nemo_hs2.megatron.rotary) of a Llama config."""
     try:
-        return check_hf_rope_scaling(cfg.get("rope_scaling"))
+        params = hf_llama3_scaling(cfg.get("rope_scaling"))
     except ValueError as e:
         raise UnsupportedModel(f"{where}: {e}") from None
+    return {"scale_positional_embedding": params is not None, "rope_scaling": params}
 
 
 def _common(cfg: Mapping, where: str) -> dict:
@@ -62,8 +64,7 @@ def _common(cfg: Mapping, where: str) -> dict:
 def _llama_arch(cfg: Mapping, where: str) -> dict:
     _require(cfg, "hidden_act", ("silu",), where)
     return {**_common(cfg, where), "normalization": "rmsnorm", "layernorm_epsilon": cfg["rms_norm_eps"],
-            "activation": "fast-swiglu", "rotary_percentage": 1.0,
-            "scale_positional_embedding": _rope_scaling(cfg, where)}
+            "activation": "fast-swiglu", "rotary_percentage": 1.0, **_rope_scaling(cfg, where)}
 
 
 def _nemotron_arch(cfg: Mapping, where: str) -> dict:
@@ -72,7 +73,7 @@ def _nemotron_arch(cfg: Mapping, where: str) -> dict:
         raise UnsupportedModel(f"{where}: rope_scaling={cfg['rope_scaling']!r} is not supported for Nemotron")
     return {**_common(cfg, where), "normalization": "layernorm1p", "layernorm_epsilon": cfg["norm_eps"],
             "activation": "squared-relu", "rotary_percentage": cfg.get("partial_rotary_factor", 1.0),
-            "scale_positional_embedding": False}
+            "scale_positional_embedding": False, "rope_scaling": None}
 
 
 def _gpt_neox_arch(cfg: Mapping, where: str) -> dict:
@@ -93,7 +94,7 @@ def _gpt_neox_arch(cfg: Mapping, where: str) -> dict:
         "init_method_std": cfg.get("initializer_range", 0.02), "mcore_gpt": True,
         "apply_query_key_layer_scaling": False, "bias_activation_fusion": False,
         "normalization": "layernorm", "layernorm_epsilon": cfg.get("layer_norm_eps", 1e-5), "activation": "gelu",
-        "rotary_percentage": cfg.get("rotary_pct", 1.0), "scale_positional_embedding": False,
+        "rotary_percentage": cfg.get("rotary_pct", 1.0), "scale_positional_embedding": False, "rope_scaling": None,
     }
 
 
@@ -229,14 +230,34 @@ def family_of(hf_config: Mapping, where: str = "config.json") -> Family:
     return FAMILIES[archs[0]]
 
 
+def rope_view(hf_config: Mapping, where: str = "config.json") -> Mapping:
+    """A config.json as transformers 4.x writes its RoPE fields (``rope_theta``, ``rope_scaling``,
+    ``partial_rotary_factor`` / ``rotary_pct``, ``rotary_emb_base``). transformers 5 writes them all into one
+    ``rope_parameters`` dict instead (``{"rope_type", "rope_theta", "partial_rotary_factor", ...}``), which it also
+    prefers when both are present; a model saved by it (e.g. an export trained further with TRL) reads the same."""
+    params = hf_config.get("rope_parameters")
+    if not params:
+        return hf_config
+    if any(isinstance(v, Mapping) for v in params.values()):
+        raise UnsupportedModel(f"{where}: rope_parameters per layer type {sorted(params)} is not supported")
+    out = dict(hf_config)
+    if params.get("rope_theta") is not None:
+        out["rope_theta"] = out["rotary_emb_base"] = params["rope_theta"]
+    if params.get("partial_rotary_factor") is not None:
+        out["partial_rotary_factor"] = out["rotary_pct"] = params["partial_rotary_factor"]
+    scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    out["rope_scaling"] = scaling if scaling.get("rope_type", scaling.get("type")) not in (None, "default") else None
+    return out
+
+
 def nemo_arch_config(hf_config: Mapping, where: str = "config.json") -> dict:
     """The NeMo model-config fields that define the network, from an HF ``config.json`` dict."""
-    return family_of(hf_config, where).arch(hf_config, where)
+    return family_of(hf_config, where).arch(rope_view(hf_config, where), where)
 
 
 def mapping_table(hf_config: Mapping, where: str = "config.json") -> dict[str, list[Rule]]:
     fam = family_of(hf_config, where)
-    arch = fam.arch(hf_config, where)
+    arch = fam.arch(rope_view(hf_config, where), where)
     if not is_reward_model(hf_config):
         return fam.table(arch, arch["share_embeddings_and_output_weights"])
     # No LM head: the (unused) output layer gets the embedding, as for a tied model.

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 ARCH_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
              "kv_channels", "normalization", "layernorm_epsilon", "layernorm_zero_centered_gamma", "activation",
              "bias", "position_embedding_type", "rotary_percentage", "rotary_base", "rotary_interleaved",
-             "seq_len_interpolation_factor", "scale_positional_embedding", "share_embeddings_and_output_weights",
+             "seq_len_interpolation_factor", "scale_positional_embedding", "rope_scaling",
+             "share_embeddings_and_output_weights",
              "max_position_embeddings", "apply_query_key_layer_scaling", "normalize_attention_scores",
              "num_moe_experts", "mcore_gpt", "tokenizer")
 
@@ -29,8 +30,8 @@ _NOT_FROM_PRESET = ("max_position_embeddings", "tokenizer")
 # Tokenizer keys that locate files (e.g. a local copy on an offline node) rather than define the vocabulary.
 _TOKENIZER_LOCATION = ("type", "model", "vocab_file", "merge_file")
 # megatron-core / NeMo defaults of architecture keys a checkpoint may leave out.
-_DEFAULTS = {"scale_positional_embedding": False, "rotary_percentage": 1.0, "rotary_interleaved": False,
-             "layernorm_zero_centered_gamma": False, "apply_query_key_layer_scaling": False,
+_DEFAULTS = {"scale_positional_embedding": False, "rope_scaling": None, "rotary_percentage": 1.0,
+             "rotary_interleaved": False, "layernorm_zero_centered_gamma": False, "apply_query_key_layer_scaling": False,
              "normalize_attention_scores": True, "seq_len_interpolation_factor": None, "num_moe_experts": None,
              "bias": True, "normalization": "layernorm", "activation": "gelu", "rotary_base": 10000,
              "position_embedding_type": "learned_absolute", "share_embeddings_and_output_weights": True,
@@ -45,6 +46,10 @@ def _normalized(key: str, value, cfg) -> object:
         return int(cfg["num_attention_heads"])
     if key == "activation":
         return _SAME_ACTIVATION.get(value, value)
+    if key in ("scale_positional_embedding", "rope_scaling"):  # what is applied (nemo_hs2.megatron.rotary)
+        from nemo_hs2.megatron.rotary import model_scaling
+
+        return model_scaling({**cfg, key: value})
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, (int, float)):

@@ -10,7 +10,8 @@ step itself, so that is what we replace:
 * the loss is a mean per micro-batch averaged over micro-batches; ours is the mean over every valid
   (row, attribute) entry of the global batch, identical for any micro-batch / data-parallel split;
 * every micro-batch is padded to ``encoder_seq_length``; ours are cut to their longest row, also under pipeline
-  parallelism (megatron-core's ``variable_seq_lengths``: each p2p send is preceded by its shape);
+  parallelism (megatron-core's ``variable_seq_lengths``: each p2p send is preceded by its shape), or packed
+  (``packing``: a micro-batch's rows end to end, each attending only to itself; ``nemo_hs2.data.packing``);
 * validation returns per-batch means only (and breaks with ``validation_drop_last=False``); ours returns the
   predictions, so metrics are computed once over the whole validation set.
 """
@@ -30,7 +31,9 @@ from omegaconf import DictConfig, open_dict
 
 from nemo_hs2.core import losses
 from nemo_hs2.core.attributes import check_attributes
+from nemo_hs2.data import packing
 from nemo_hs2.data.dataset import pad_length
+from nemo_hs2.megatron.packed_gpt import check_packable, make_packable
 from nemo_hs2.megatron.rotary import apply_rope_scaling
 from nemo_hs2.core.reward_weights import DEFAULT_PRESET, resolve_weights, weights_for
 
@@ -81,6 +84,11 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         # false: under PP every micro-batch of a step takes the batch's width (no shape exchange before each send).
         # Not named variable_seq_lengths: NeMo copies model-config keys with megatron's field names into its configs.
         self.variable_widths = bool(self.cfg.get("variable_micro_batch_widths", True))
+        self.packing = bool(self.cfg.get("packing", False))
+        pack_length = self.cfg.get("pack_length")
+        self.pack_length = None if pack_length is None else int(pack_length)
+        # Transformer Engine attention takes the THD layout: one sequence per micro-batch, no dense mask.
+        self.thd = bool(self.cfg.get("transformer_engine", False))
         self.reward_weights = dict(reg.reward_weights)
         self.bt_loss_weight = float(reg.get("bt_loss_weight", 1.0))
         self.bt_ties = str(reg.get("bt_ties", "drop"))
@@ -103,7 +111,10 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
 
     def model_provider_func(self, pre_process, post_process):
         # NeMo-Aligner's RM skips NeMo's post-build RoPE scaling (Llama 3.1); see nemo_hs2.megatron.rotary.
-        return apply_rope_scaling(self.cfg, super().model_provider_func(pre_process, post_process))
+        model = apply_rope_scaling(self.cfg, super().model_provider_func(pre_process, post_process))
+        if self.cfg.get("packing", False):
+            check_packable(model)
+        return make_packable(model)  # the forward is the parent's unless a micro-batch is packed
 
     # ------------------------------------------------------------------------------------------ batches
     def _micro_batches(self, batch, num_microbatches: int, trim: bool):
@@ -117,13 +128,23 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         out = []
         for start in range(0, rows, size):
             mb = {k: v[start : start + size] for k, v in batch.items() if k in _STEP_KEYS}
-            out.append(self._trim(mb) if trim else mb)
+            out.append(self._layout(mb, trim))
         return out, size
 
     def _trim(self, mb):
         """Cut a micro-batch to its longest row (rounded up to ``pad_to_multiple``)."""
         width = min(pad_length(int(mb["lengths"].max()), self.pad_to_multiple), mb["inputs"].shape[1])
         return {**mb, "inputs": mb["inputs"][:, :width], "position_ids": mb["position_ids"][:, :width]}
+
+    def _layout(self, mb, trim: bool):
+        """A micro-batch as the model runs it: packed, cut to its longest row, or as collated."""
+        if not self.packing:
+            return self._trim(mb) if trim else mb
+        if not trim:  # a packed micro-batch has its own shape, which the pipeline stages must exchange
+            raise ValueError("data.packing=true under pipeline parallelism needs "
+                             "model.variable_micro_batch_widths=true")
+        # THD: one sequence (attention costs each row's own length); dense: bins of pack_length tokens at most.
+        return packing.pack(mb, None if self.thd else self.pack_length, self.pad_to_multiple)
 
     def _normalizers(self, batch):
         """Valid label entries and preference pairs in the global batch (all DP ranks): the losses' denominators."""
@@ -174,12 +195,31 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
 
     def _forward(self, model, mb):
         """One micro-batch through one pipeline stage; the causal mask is built per micro-batch width."""
+        if "ends" in mb:
+            return self._forward_packed(model, mb)
         width = mb["inputs"].shape[1]
         causal = torch.ones(1, 1, width, width, dtype=torch.bool, device=mb["inputs"].device).tril_()
         output = model(input_ids=mb["inputs"], lengths=mb["lengths"], position_ids=mb["position_ids"],
                        attention_mask=~causal, labels=None)
         if not parallel_state.is_pipeline_last_stage():
             output = output.to(dtype=self.autocast_dtype)  # p2p buffers are in the autocast dtype
+        return output
+
+    def _forward_packed(self, model, mb):
+        """A packed micro-batch: each row attends only to itself, the head reads each row's own last token."""
+        if self.thd:
+            from megatron.core.packed_seq_params import PackedSeqParams
+
+            cu_seqlens, longest = packing.thd_cu_seqlens(mb["segments"])
+            params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                                     max_seqlen_q=longest, max_seqlen_kv=longest)
+            mask = None
+        else:
+            params, mask = None, packing.block_causal_mask(mb["segments"])
+        output = model(input_ids=mb["inputs"], lengths=mb["lengths"], position_ids=mb["position_ids"],
+                       attention_mask=mask, labels=None, row_ends=mb["ends"], packed_seq_params=params)
+        if not parallel_state.is_pipeline_last_stage():
+            output = output.to(dtype=self.autocast_dtype)
         return output
 
     def get_forward_output_and_loss_func(self, validation_step=False, counts=None):
@@ -261,8 +301,8 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         fields = {k: torch.cat([batch[k], batch[k][-1:].expand(fill, *batch[k].shape[1:])]) if fill else batch[k]
                   for k in ("inputs", "lengths", "position_ids")}
         micro_batches = [{k: v[i * mbs:(i + 1) * mbs] for k, v in fields.items()} for i in range(count)]
-        if self._widths_may_vary():
-            micro_batches = [self._trim(mb) for mb in micro_batches]
+        trim = self._widths_may_vary()
+        micro_batches = [self._layout(mb, trim) for mb in micro_batches]
 
         def forward_step(data_iter, model):
             mb = {k: v.cuda(non_blocking=True) for k, v in next(data_iter).items()}

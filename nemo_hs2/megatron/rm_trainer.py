@@ -7,32 +7,14 @@ import json
 import math
 import os
 
-import numpy as np
 import torch
 from nemo.collections.nlp.parts.utils_funcs import get_last_rank
 from nemo_aligner.algorithms.supervised import SupervisedTrainer
 
-from nemo_hs2.core.losses import bradley_terry_sum
 from nemo_hs2.core.rank import is_main_rank
-from nemo_hs2.core.metrics import pairwise_metrics, regression_metrics, strict_json, unpair_incomplete
+from nemo_hs2.core.metrics import (pairwise_metrics, preference_metrics, regression_metrics, strict_json,
+                                   unpair_incomplete)
 from nemo_hs2.core.reward_weights import resolve_weights
-
-
-def preference_metrics(arrays, bt_weights, kind: str, ties: str = "drop") -> dict[str, float]:
-    """Bradley-Terry loss and preference accuracy over every validation pair (rows sorted into pair order)."""
-    order = np.argsort(arrays["pair_ids"], kind="stable")
-    order = order[arrays["pair_ids"][order] >= 0]
-    pred = torch.as_tensor(arrays["pred"][order])
-    pref = torch.as_tensor(arrays["preference"][order], dtype=torch.float32)
-    total, n = bradley_terry_sum(pred, pref, bt_weights, kind, ties)
-    metrics = {"bt_loss": float(total) / int(n) if int(n) else math.nan}
-    reward = pred.double() @ torch.as_tensor(bt_weights, dtype=torch.float64)
-    strength = pref[0::2].double()
-    valid = torch.isfinite(strength) & (strength != 0)
-    margin = (reward[1::2] - reward[0::2]) * torch.sign(strength)
-    metrics["preference_acc"] = float((margin[valid] > 0).double().mean()) if valid.any() else math.nan
-    metrics["preference_pairs"] = int(valid.sum())
-    return metrics
 
 
 class RewardModelTrainer(SupervisedTrainer):

@@ -11,7 +11,7 @@ import numpy as np
 
 from nemo_hs2.core.render import Renderer
 from nemo_hs2.core.reward_weights import DEFAULT_PRESET, resolve_weights, weights_for
-from nemo_hs2.core.scorer import ScoresConversations, as_conversation
+from nemo_hs2.core.scorer import BTSettings, ScoresConversations, as_conversation
 from nemo_hs2.data.dataset import Collator
 
 
@@ -35,6 +35,10 @@ class RewardScorer(ScoresConversations):
         self.template = self.renderer.template
         self.max_length = int(max_length or model.cfg.encoder_seq_length)
         self.collate = Collator(model.tokenizer.eos_id, pad_to_multiple)
+        self.bt = None  # the Bradley-Terry settings the checkpoint trained with, if it did
+        if getattr(model, "loss_name", "regression") != "regression":
+            self.bt = BTSettings(model.bt_weights.double().numpy(), model.bt_kind, model.bt_ties,
+                                 f"model.regression.bt_reward {dict(model.cfg.regression.bt_reward)}")
 
     def tokenize(self, conversation, truncate: bool = True) -> np.ndarray:
         """Token ids as training would see them; ``truncate=False`` keeps over-long rows whole (to detect them)."""

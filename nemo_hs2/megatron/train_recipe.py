@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -12,6 +13,8 @@ from nemo_hs2.megatron import compat
 from nemo_hs2.megatron.build import build_model, seed_model_parallel_rng
 from nemo_hs2.megatron.tokenizer import build_tokenizer, checkpoint_tokenizer
 from nemo_hs2.plan.checks import parallel_layout
+
+log = logging.getLogger(__name__)  # nemo_hs2's own: shown by the quiet console
 
 
 def _seed_everything(seed: int) -> None:
@@ -121,8 +124,6 @@ def _train(cfg: DictConfig, layout: dict, data: RunData) -> dict:
 
     import torch
     from nemo.utils.exp_manager import exp_manager
-    from nemo_aligner.data.nlp.builders import build_dataloader
-    from nemo_aligner.utils import parallel_state
     from nemo_aligner.utils.train_script_utils import (
         CustomLoggerWrapper,
         add_custom_checkpoint_callback,
@@ -133,11 +134,9 @@ def _train(cfg: DictConfig, layout: dict, data: RunData) -> dict:
         retrieve_custom_trainer_state_dict,
     )
 
-    from nemo_hs2.cli.console import log as logging
     from nemo_hs2.data.cache import tokenizer_identity
     from nemo_hs2.megatron.faults import FiniteStepGuard, PreemptionTimer, RngStateCheckpoint, set_collective_timeout
     from nemo_hs2.megatron.rm_trainer import MetricsRecorder, RewardModelTrainer
-    from nemo_hs2.megatron.sampler import build_train_sampler
 
     started = time.time()
     _seed_everything(cfg.model.seed)
@@ -158,33 +157,16 @@ def _train(cfg: DictConfig, layout: dict, data: RunData) -> dict:
         trainer_state = retrieve_custom_trainer_state_dict(trainer)
         consumed_samples = trainer_state["consumed_samples"]
         recorder.resume_from(trainer_state["step"])
-        logging.info(f"resuming from {trainer.ckpt_path} at step {trainer_state['step']}")
+        log.info(f"resuming from {trainer.ckpt_path} at step {trainer_state['step']}")
 
     init_distributed(trainer, model, cfg.model.get("transformer_engine", False))
     seed_model_parallel_rng(cfg.model.seed)
 
-    datasets, stats, collate = data.datasets, data.stats, data.collate
-    for split, st in stats.items():
-        logging.info(f"{split}: {st.rows} rows read, {st.used} used, {st.truncated} truncated, "
+    for split, st in data.stats.items():
+        log.info(f"{split}: {st.rows} rows read, {st.used} used, {st.truncated} truncated, "
                      f"skipped {dict(st.skipped)}")
-    gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
-    if cfg.trainer.rm.train_random_sampler:  # Megatron's random sampler, or its length-grouped subclass
-        sampler = build_train_sampler(cfg.data, datasets["train"], consumed_samples, mbs, gbs,
-                                      parallel_state.get_data_parallel_rank(),
-                                      parallel_state.get_data_parallel_world_size(), cfg.model.seed)
-        # Its own generator: starting an epoch must not draw from the global stream (dropout masks; exact resume).
-        train_dl = torch.utils.data.DataLoader(datasets["train"], batch_sampler=sampler, collate_fn=collate,
-                                               num_workers=cfg.model.data.num_workers,
-                                               generator=torch.Generator().manual_seed(cfg.model.seed))
-    else:
-        train_dl = build_dataloader(cfg=cfg, dataset=datasets["train"], consumed_samples=consumed_samples, mbs=mbs,
-                                    gbs=gbs, collate_fn=collate, load_gbs=True, use_random_sampler=False)
-    drop_last = cfg.data.get("validation_drop_last", False)
-    val_dl = build_dataloader(cfg=cfg, dataset=datasets["validation"], consumed_samples=0, mbs=mbs, gbs=gbs,
-                              collate_fn=collate, load_gbs=True, use_random_sampler=False, drop_last=drop_last,
-                              pad_samples_to_global_batch_size=not drop_last)
-
-    init_using_ptl(trainer, model, train_dl, datasets["train"])
+    train_dl, val_dl = dataloaders(cfg, data, consumed_samples)
+    init_using_ptl(trainer, model, train_dl, data.datasets["train"])
     optimizer, scheduler = extract_optimizer_scheduler_from_ptl_model(model)
     ckpt_callback = add_custom_checkpoint_callback(trainer, model)
     logger.log_hyperparams(OmegaConf.to_container(cfg))
@@ -202,14 +184,43 @@ def _train(cfg: DictConfig, layout: dict, data: RunData) -> dict:
     summary.update({"attributes": list(model.attributes), "data": {
         split: {"rows": st.rows, "used": st.used, "truncated": st.truncated, "unpaired": st.unpaired,
                 "skipped": dict(st.skipped)}
-        for split, st in stats.items()}})
+        for split, st in data.stats.items()}})
     rm_trainer.fit()
 
     summary.update({"steps": rm_trainer.step, "consumed_samples": rm_trainer.consumed_samples,
                     "skipped_steps": model.skipped_steps, "preempted": timer.preempted,
                     "wall_time_s": round(time.time() - started, 1)})
     recorder.write(extra=summary)
-    logging.info(f"wrote {recorder.path}" + (f" (stopped by {timer.signal_received})" if timer.preempted else ""))
+    log.info(f"wrote {recorder.path}" + (f" (stopped by {timer.signal_received})" if timer.preempted else ""))
     torch.distributed.barrier()
     return {**summary, "final_validation": recorder.validation[-1] if recorder.validation else {},
             "metrics_path": recorder.path}
+
+
+def dataloaders(cfg: DictConfig, data: RunData, consumed_samples: int):
+    """The training loader (Megatron's random sampler, or its length-grouped subclass; sequential with
+    ``trainer.rm.train_random_sampler=false``) and the validation loader (every row once, padded to whole batches)."""
+    import torch
+    from nemo_aligner.data.nlp.builders import build_dataloader
+    from nemo_aligner.utils import parallel_state
+
+    from nemo_hs2.megatron.sampler import build_train_sampler
+
+    train, collate = data.datasets["train"], data.collate
+    gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
+    if cfg.trainer.rm.train_random_sampler:
+        sampler = build_train_sampler(cfg.data, train, consumed_samples, mbs, gbs,
+                                      parallel_state.get_data_parallel_rank(),
+                                      parallel_state.get_data_parallel_world_size(), cfg.model.seed)
+        # Its own generator: starting an epoch must not draw from the global stream (dropout masks; exact resume).
+        train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate,
+                                               num_workers=cfg.model.data.num_workers,
+                                               generator=torch.Generator().manual_seed(cfg.model.seed))
+    else:
+        train_dl = build_dataloader(cfg=cfg, dataset=train, consumed_samples=consumed_samples, mbs=mbs, gbs=gbs,
+                                    collate_fn=collate, load_gbs=True, use_random_sampler=False)
+    drop_last = cfg.data.get("validation_drop_last", False)
+    val_dl = build_dataloader(cfg=cfg, dataset=data.datasets["validation"], consumed_samples=0, mbs=mbs, gbs=gbs,
+                              collate_fn=collate, load_gbs=True, use_random_sampler=False, drop_last=drop_last,
+                              pad_samples_to_global_batch_size=not drop_last)
+    return train_dl, val_dl

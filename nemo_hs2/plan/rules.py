@@ -127,10 +127,28 @@ def sequence_length(cfg, L: Layout) -> list[Finding]:
 
 
 def loss_needs_pairs(cfg, L: Layout) -> list[Finding]:
+    """Preference pairs train a Bradley-Terry loss, rated rows the regression: said before anything is read."""
     m = cfg.model
     loss = get(m.regression, "loss_func", "regression") if "regression" in m else "regression"
     if loss != "regression" and not L.preference:
-        return [error(f"model.regression.loss_func={loss} needs preference pairs (data=helpsteer2_preference)")]
+        return [error(f"model.regression.loss_func={loss} needs preference pairs (data=helpsteer2_preference, "
+                      "data=helpsteer3_preference or data=demo_preference; loss_func=regression for rated rows)")]
+    if loss == "regression" and L.preference:
+        return [error("preference pairs (data.source=preference) carry a strength, not attribute labels: train them "
+                      "with a Bradley-Terry loss, e.g. model.regression.loss_func=scaled_bt "
+                      "'data.attributes=[helpfulness]' model.regression.reward_weights=helpfulness_only")]
+    return []
+
+
+def epochs_need_shuffling(cfg, L: Layout) -> list[Finding]:
+    """NeMo-Aligner refuses (after the model is built) more than one epoch over its sequential batch sampler."""
+    rm = get(cfg.trainer, "rm")
+    if rm is None or get(rm, "train_random_sampler", True):
+        return []
+    epochs = get(rm, "max_epochs")
+    if isinstance(epochs, int) and epochs > 1:
+        return [error(f"trainer.rm.train_random_sampler=false repeats the same order every epoch, which NeMo-Aligner "
+                      f"refuses for trainer.rm.max_epochs={epochs}: set max_epochs=1 or train_random_sampler=true")]
     return []
 
 
@@ -221,7 +239,7 @@ def run_readiness(cfg, L: Layout) -> list[Finding]:
 
 RULES: tuple[Callable[..., list[Finding]], ...] = (
     parallel_sizes, batch_sizes, pipeline_layers, tensor_parallel_heads, sequence_splitting, sequence_length,
-    loss_needs_pairs, checkpoint_interval, fusions, optimizer, recomputation, vocabulary, run_readiness,
+    loss_needs_pairs, epochs_need_shuffling, checkpoint_interval, fusions, optimizer, recomputation, vocabulary, run_readiness,
 )
 
 

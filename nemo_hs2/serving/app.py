@@ -163,6 +163,10 @@ class RewardServer:
         self._web = web.Server(self._handle, **self._handler_args)
         self._open = 0
         loop = asyncio.get_running_loop()
+        # asyncio's default executor (used once, to resolve the bind address) would otherwise keep an unnamed
+        # thread; aiohttp inflates compressed bodies in place, not there.
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="reward-resolve", initializer=_name_thread, initargs=("reward-resolve",)))
         self._tcp = await loop.create_server(self._connection, c.host, int(c.port), backlog=c.max_connections)
         self._address = self._tcp.sockets[0].getsockname()[:2]
         self._watchdog = loop.create_task(self._watch())
@@ -336,7 +340,10 @@ class RewardServer:
         if self._pending >= c.max_pending_requests:
             raise self._busy(f"{self._pending} requests are waiting; the limit is {c.max_pending_requests} "
                              "(server.max_pending_requests)")
-        held = [limit if declared is None else declared]
+        size = _exact_size(request)
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        # A chunked or compressed body (aiohttp inflates it) may grow to the limit; no length and neither: no body.
+        held = [size if size is not None else limit if chunked or declared is not None else 0]
         self._reserve(held[0], "this request's body")
         self._pending += 1
 
@@ -353,14 +360,15 @@ class RewardServer:
             self._buffered -= held[0]
 
     async def _read_body(self, request, limit: int, what: str = "server.max_body_mb") -> bytearray:
-        declared = request.content_length
+        declared = _exact_size(request)
         buf = bytearray(declared) if declared is not None else bytearray()
         size = 0
         try:
             async with asyncio.timeout(self.config.body_timeout_s):
                 while chunk := await request.content.readany():
                     if size + len(chunk) > (limit if declared is None else declared):
-                        raise RequestError(f"the body is over the limit of {limit} bytes ({what})", 413)
+                        raise RequestError(f"the body is over the limit of {limit} bytes ({what}; a compressed "
+                                           "body counts as inflated)", 413)
                     buf[size:size + len(chunk)] = chunk  # in place: a declared body is never copied to grow
                     size += len(chunk)
         except TimeoutError:
@@ -394,6 +402,13 @@ class RewardServer:
                 raise RequestError(str(e), 503) from None
             finally:
                 box.clear()
+
+
+def _exact_size(request) -> int | None:
+    """The body's size as it will be read, when known before reading: its Content-Length, unless it is compressed
+    (tritonclient's request_compression_algorithm), which aiohttp inflates as it reads."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    return request.content_length if encoding in ("", "identity") else None
 
 
 def _take_and_prepare(prepare, box: list):

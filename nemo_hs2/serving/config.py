@@ -62,8 +62,8 @@ class ServerConfig:
                      "parse_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"server.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_body_mb", "max_buffered_mb", "max_text_mb", "header_timeout_s", "body_timeout_s", "request_timeout_s",
-                     "model_stall_timeout_s"):
+        for name in ("max_body_mb", "max_buffered_mb", "max_text_mb", "header_timeout_s", "body_timeout_s",
+                     "request_timeout_s", "model_stall_timeout_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"server.{name} must be > 0, got {getattr(self, name)}")
         if self.max_buffered_mb < self.max_body_mb:

@@ -142,6 +142,15 @@ def _json_values(name: str, dtype: str, flat: list, count: int, shape) -> np.nda
         raise RequestError(f"input '{name}': a value does not fit {dtype}") from None
 
 
+def _binary_values(name: str, dtype: str, raw, count: int) -> np.ndarray:
+    if dtype == "BYTES":
+        return _object_array(_decode_bytes_tensor(raw, count, name))
+    item = np.dtype(NP_OF[dtype]).newbyteorder("<")
+    if len(raw) != count * item.itemsize:
+        raise RequestError(f"input '{name}': {len(raw)} bytes for {count} {dtype} elements")
+    return np.frombuffer(raw, dtype=item).astype(NP_OF[dtype])  # a copy: the body can be freed
+
+
 def _declared_count(name: str, shape, limit: int, setting: str) -> int:
     """The element count of a declared shape, each dimension checked on its own first: ``[0, 2**70]`` has zero
     elements but no array can have that shape."""
@@ -200,15 +209,8 @@ def parse_kserve_request(header, binary=b"", max_elements: int = 1 << 22,
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise RequestError(f"input '{name}': binary_data_size {size!r} does not fit the binary data sent")
-            raw = binary[offset:offset + size]
+            values = _binary_values(name, dtype, binary[offset:offset + size], count)
             offset += size
-            if dtype == "BYTES":
-                values = _object_array(_decode_bytes_tensor(raw, count, name))
-            else:
-                item = np.dtype(NP_OF[dtype]).newbyteorder("<")
-                if size != count * item.itemsize:
-                    raise RequestError(f"input '{name}': {size} bytes for {count} {dtype} elements")
-                values = np.frombuffer(raw, dtype=item).astype(NP_OF[dtype])  # a copy: the body can be freed
         else:
             if "data" not in spec:
                 raise RequestError(f"input '{name}': no 'data' and no binary_data_size")
@@ -216,9 +218,16 @@ def parse_kserve_request(header, binary=b"", max_elements: int = 1 << 22,
         arrays[name] = (dtype, values.reshape(shape))
     if offset != len(binary):
         raise RequestError(f"{len(binary) - offset} bytes of binary data beyond the inputs' binary_data_size")
-    default_binary = bool(params.get("binary_data_output", False))
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError("'id' must be a string")
+    return arrays, _requested_outputs(header.get("outputs"), bool(params.get("binary_data_output", False))), \
+        request_id
+
+
+def _requested_outputs(outputs, default_binary: bool) -> dict[str, bool]:
+    """name -> binary?, and "*": the format for every output when none is named."""
     requested: dict[str, bool] = {}
-    outputs = header.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list):
             raise RequestError("'outputs' must be a list")
@@ -228,11 +237,8 @@ def parse_kserve_request(header, binary=b"", max_elements: int = 1 << 22,
             out_params = spec.get("parameters") or {}
             requested[spec["name"]] = bool(out_params.get("binary_data", default_binary)) \
                 if isinstance(out_params, dict) else default_binary
-    request_id = header.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise RequestError("'id' must be a string")
-    requested["*"] = default_binary  # the format for every output when none is named
-    return arrays, requested, request_id
+    requested["*"] = default_binary
+    return requested
 
 
 def encode_kserve_response(model_name: str, tensors: Mapping[str, tuple[str, np.ndarray]],

@@ -28,6 +28,7 @@
 #   SLURM_SCHED_INTERVAL   scheduler period, s                           (default 5; SLURM 60)
 #   SLURM_SLURMD_TIMEOUT   seconds without an answer before a node is DOWN (default 20; SLURM 300)
 #   SLURM_MIN_JOB_AGE      seconds a finished job stays in `scontrol show job` (default 3600)
+#   SLURM_LOG_LEVEL        SlurmctldDebug / SlurmdDebug                  (default info; debug2 shows every RPC)
 set -euo pipefail
 
 T0=$(date +%s)
@@ -123,8 +124,8 @@ SlurmctldPidFile=$BASE/run/slurmctld.pid
 SlurmdPidFile=$BASE/run/slurmd-%n.pid
 SlurmctldLogFile=$BASE/log/slurmctld.log
 SlurmdLogFile=$BASE/log/slurmd-%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
+SlurmctldDebug=${SLURM_LOG_LEVEL:-info}
+SlurmdDebug=${SLURM_LOG_LEVEL:-info}
 SlurmdTimeout=${SLURM_SLURMD_TIMEOUT:-20}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

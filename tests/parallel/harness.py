@@ -4,16 +4,21 @@
 weights, per-row predictions, loss and gradients. ``--compare REF``: build the model at the requested layout,
 load the reference weights resharded for this rank, run the same batch and write the max differences. Under PP the
 batch also runs with every micro-batch at the batch's width (``variable_seq_lengths`` off), and the differences
-from per-micro-batch widths are written too.
+from per-micro-batch widths are written too. In every layout the batch also runs packed (``data.packing``: one
+packed row per micro-batch, and bins of ``PACK_CAPACITY`` tokens), and the differences from unpacked are written;
+``--packing-only`` stops there, ``--packing-mutation mask|ends`` breaks the packed path on purpose (the test that
+the check can fail).
 Everything is taken from the real stack (Hydra config, NeMo trainer, our model, collate and loss), nothing mocked.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+from unittest import mock
 
 import numpy as np
 
@@ -88,11 +93,90 @@ def fixed_width_check(model, batch):
             "batch_width": batch["inputs"].shape[1], "grad_tensors": len(v_grads)}
 
 
+PACK_CAPACITY = 48  # tokens: rows of 9..39 tokens give bins of one and of several rows
+
+
+@contextlib.contextmanager
+def packing_mutation(kind):
+    """The packed path broken on purpose: ``mask``, rows see the rows before them (a plain causal mask); ``ends``,
+    the head reads the token before each row's end-of-response token."""
+    import torch
+
+    from nemo_hs2.data import packing
+
+    if kind is None:
+        yield
+        return
+    if kind == "mask":
+        def broken(segments):
+            width = segments.shape[1]
+            causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril_()
+            return ~causal.expand(segments.shape[0], 1, width, width)
+        target, name = packing, "block_causal_mask"
+    elif kind == "ends":
+        pack = packing.pack
+
+        def broken(*args, **kwargs):
+            out = pack(*args, **kwargs)
+            out["ends"][:, 1] -= 1
+            return out
+        target, name = packing, "pack"
+    else:
+        raise ValueError(f"unknown packing mutation {kind}")
+    with mock.patch.object(target, name, broken):
+        yield
+
+
+def packing_check(model, batch, losses, conversations, attributes, mutation=None):
+    """Packed vs unpacked at this layout, on the same weights and batch: validation predictions, validation and
+    training losses and every gradient, per loss; and the inference path (``predict``). Packed as one row per
+    micro-batch and as bins of ``PACK_CAPACITY`` tokens."""
+    from megatron.core.num_microbatches_calculator import get_num_microbatches
+
+    from nemo_hs2.megatron.scorer import RewardScorer
+
+    def run(packed, capacity):
+        model.packing, model.pack_length = packed, capacity
+        try:
+            with packing_mutation(mutation if packed else None):
+                steps = {name: one_step(model, batch) for name in losses}
+                model.loss_name = "regression"
+                scored = RewardScorer(model, batch_size=9).score(conversations)
+        finally:
+            model.packing, model.pack_length = False, None
+        return steps, np.array([[r["attributes"][a] for a in attributes] for r in scored])
+
+    saved_loss = model.loss_name
+    unpacked, unpacked_scores = run(False, None)
+    result = {}
+    for label, capacity in (("one_row", None), ("bins", PACK_CAPACITY)):
+        packed, packed_scores = run(True, capacity)
+        diffs = {"inference/pred": float(np.abs(packed_scores - unpacked_scores).max())}
+        for name in losses:
+            (u_val, u_train, u_pred, u_grads), (p_val, p_train, p_pred, p_grads) = unpacked[name], packed[name]
+            assert u_grads.keys() == p_grads.keys() and u_grads
+            diffs[f"{name}/val_loss"] = abs(u_val - p_val)
+            diffs[f"{name}/train_loss"] = abs(u_train - p_train)
+            diffs[f"{name}/grads"] = max(float((u_grads[k] - p_grads[k]).abs().max()) for k in u_grads)
+            if u_pred is not None:
+                diffs[f"{name}/pred"] = float(np.abs(u_pred - p_pred).max())
+        model.packing, model.pack_length = True, capacity
+        micro_batches, _ = model._micro_batches(batch, get_num_microbatches(), trim=True)
+        model.packing, model.pack_length = False, None
+        result[label] = {"diffs": diffs, "grad_tensors": len(unpacked[losses[0]][3]),
+                         "packed_shapes": [list(mb["inputs"].shape) for mb in micro_batches],
+                         "rows_per_micro_batch": int(micro_batches[0]["ends"].shape[0])}
+    model.loss_name = saved_loss
+    return result
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--save")
     p.add_argument("--compare")
     p.add_argument("--out")
+    p.add_argument("--packing-only", action="store_true", help="only the packed-vs-unpacked check")
+    p.add_argument("--packing-mutation", choices=("mask", "ends"), help="break the packed path on purpose")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
@@ -116,8 +200,8 @@ def main():
 
     from nemo_hs2.data.dataset import Collator, tokenize_examples
     from nemo_hs2.data.demo import demo_examples
-    from nemo_hs2.megatron.scorer import RewardScorer
     from nemo_hs2.megatron.reward_model import AttributeRewardModel
+    from nemo_hs2.megatron.scorer import RewardScorer, model_renderer
     from nemo_hs2.core.reward_weights import combine, resolve_weights
 
     with open_dict(cfg):
@@ -157,6 +241,18 @@ def main():
 
     outputs, absolute = {}, None
     rows_per_micro_batch = len(mine) // (int(cfg.model.global_batch_size) // (int(cfg.model.micro_batch_size) * dp))
+    examples = demo_examples(5, seed=3, split="validation")[:9]
+    conversations = [[{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.response}]
+                     for e in examples]
+    # Before the reference steps below change the weights: every layout compares packed with unpacked on the
+    # reference weights (a BT loss too where a micro-batch holds whole pairs).
+    packed = packing_check(model, batch, LOSSES[:2] if rows_per_micro_batch % 2 == 0 else LOSSES[:1],
+                           conversations, attributes, args.packing_mutation)
+    if args.packing_only:
+        from torchrun_io import write_gathered
+
+        write_gathered({"layout": {"tp": tp, "pp": pp, "dp": dp}, "packing": packed}, args.out)
+        return 0
     # A Bradley-Terry micro-batch holds whole pairs; single-row micro-batches can only check the regression loss.
     for loss_name in LOSSES if rows_per_micro_batch % 2 == 0 else LOSSES[:1]:
         model.loss_name = loss_name
@@ -174,10 +270,7 @@ def main():
                         "numpy_mse": float((err ** 2).sum() / present.sum()), "rows": int(len(pred))}
 
     # Inference API: conversations through the same template/tokenizer as training, in odd-sized batches.
-    examples = demo_examples(5, seed=3, split="validation")[:9]
-    conversations = [[{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.response}]
-                     for e in examples]
-    scores = {bs: RewardScorer(model, batch_size=bs, system="S", max_length=int(cfg.data.seq_length))
+    scores = {bs: RewardScorer(model, batch_size=bs, max_length=int(cfg.data.seq_length))
               .score(conversations) for bs in (2, 9)}
     scored = {bs: np.array([[r["attributes"][a] for a in attributes] for r in res]) for bs, res in scores.items()}
     reward_gap = max(abs(r["reward"] - float(combine(np.array([r["attributes"][a] for a in attributes]),
@@ -185,8 +278,8 @@ def main():
                      for r in scores[9])
     training_path_gap = None
     if args.save:  # the same rows through the training data path and the validation forward
-        ds, _ = tokenize_examples(examples[:8], model.tokenizer, attributes, max_length=int(cfg.data.seq_length),
-                                  system="S")
+        ds, _ = tokenize_examples(examples[:8], model_renderer(model), attributes,
+                                  max_length=int(cfg.data.seq_length))
         vbatch = Collator(pad_id=model.tokenizer.eos_id)([ds[i] for i in range(8)])
         model.loss_name = "regression"
         model.start_validation_collection()
@@ -211,7 +304,7 @@ def main():
 
     fixed_width = fixed_width_check(model, batch)
     result = {"layout": {"tp": tp, "pp": pp, "dp": dp}, "padding": padding, "absolute": absolute,
-              "fixed_width": fixed_width,
+              "fixed_width": fixed_width, "packing": packed,
               "inference": {"batch_size_gap": float(np.abs(scored[2] - scored[9]).max()), "reward_gap": reward_gap,
                             "training_path_gap": training_path_gap}}
     if args.save:

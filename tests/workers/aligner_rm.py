@@ -73,8 +73,8 @@ def write(out_dir: str) -> None:
     from nemo_aligner.models.nlp.gpt.megatron_gpt_regression_reward_model import MegatronGPTRegressionRewardModel
     from nemo_aligner.utils.train_script_utils import init_distributed, resolve_and_create_trainer
 
-    from nemo_hs2.data.dataset import encoder_of
-    from nemo_hs2.megatron.scorer import conversation_to_text
+    from nemo_hs2.core.conversation import Conversation
+    from nemo_hs2.core.render import Renderer
 
     torch.manual_seed(7)
     trainer = resolve_and_create_trainer(cfg, "rm")
@@ -84,11 +84,8 @@ def write(out_dir: str) -> None:
     with torch.no_grad():  # larger than the init, so rows differ clearly; a non-zero bias, so slots do too
         model.model.rm_head.weight.normal_(0, 0.3)
         model.model.rm_head.bias.normal_(0, 1.0)
-    encode = encoder_of(model.tokenizer)
-    rows = []
-    for conv in conversations():
-        context, response = conversation_to_text(conv)
-        rows.append(list(encode(context)) + list(encode(response)))
+    steerlm = Renderer("steerlm", model.tokenizer)  # NeMo-Aligner's HelpSteer2 format, the whole text encoded
+    rows = [steerlm.ids(Conversation.from_messages(conv)) for conv in conversations()]
     width = max(map(len, rows))
     tokens = torch.tensor([r + [model.tokenizer.eos_id] * (width - len(r)) for r in rows])
     lengths = torch.tensor([len(r) for r in rows])
