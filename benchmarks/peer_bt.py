@@ -164,6 +164,8 @@ def import_base(args, work: Path, env: dict) -> Path:
     source = f"input={truncated_copy(gguf, args.layers, work / 'cut')}" if args.layers else f"input_gguf={gguf}"
     run_child([sys.executable, "examples/import_hf.py", source, f"output={nemo}",
                f"encoder_seq_length={args.seq_length}", f"data.attributes=[{ATTRIBUTE}]",
+               # the template the .nemo carries, which the export turns into the HF chat template TRL renders with
+               "data.template=hf_chat", "data.system_prompt=null",
                f"model.regression.reward_weights={ATTRIBUTE}_only", f"model.seed={args.seed}"],
               work / "import.log", env)
     run_child([sys.executable, "examples/export_hf.py", f"checkpoint={nemo}", f"output_dir={work / 'hf_start'}"],

@@ -10,10 +10,19 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The same resolvers examples/train_reward_model.py registers.
-OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)
-OmegaConf.register_new_resolver("int_div", lambda x, y: x // y, replace=True)
+from nemo_hs2.core.resolvers import register_resolvers  # noqa: E402
+
+register_resolvers()  # the resolvers every entry point registers
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def data_config(name: str, *overrides: str):
+    """``data=<name>`` as training composes it (its defaults list included), resolved and writable."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name="train_reward_model", overrides=[f"data={name}", *overrides])
+    return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
 
 
 def pytest_configure(config):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from nemo_hs2.data import cache
 from nemo_hs2.data.build import build_datasets
 from nemo_hs2.data.dataset import RewardDataset
+from tests.conftest import data_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def write(path, rows):
 
 @pytest.fixture
 def cfg(tmp_path):
-    data = OmegaConf.load(ROOT / "conf" / "data" / "helpsteer2.yaml")
+    data = data_config("helpsteer2")
     data.seq_length = 200
     data.train_file = str(write(tmp_path / "train.jsonl", ROWS))
     data.validation_file = str(write(tmp_path / "validation.jsonl", ROWS[:2]))
@@ -134,7 +134,7 @@ def test_tokenizer_and_seq_length_are_part_of_the_key(cfg, tokenizer, seq_length
 
 
 def test_demo_source_is_keyed_by_its_parameters(tmp_path):
-    data = OmegaConf.load(ROOT / "conf" / "data" / "demo.yaml")
+    data = data_config("demo")
     data.seq_length = 256
     data.demo.train_prompts, data.demo.validation_prompts = 8, 4
     data.cache_dir = str(tmp_path / "cache")

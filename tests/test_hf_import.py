@@ -46,12 +46,44 @@ def test_llama_architecture_comes_from_the_config():
     ({"architectures": ["MistralForCausalLM"]}, "MistralForCausalLM"),
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"attention_bias": True}, "mlp_bias"),
-    ({"rope_scaling": {**tiny_models.LLAMA31_SCALING, "factor": 4.0}}, "rope_scaling"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192}}, "yarn"),
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
+    ({"rope_scaling": {**tiny_models.LLAMA31_SCALING, "low_freq_factor": None}}, "low_freq_factor"),
+    ({"rope_scaling": {**tiny_models.LLAMA31_SCALING, "high_freq_factor": 0.5}}, "high_freq_factor"),
 ])
 def test_unsupported_configs_are_refused_naming_the_field(change, field):
     with pytest.raises(hf.UnsupportedModel, match=field):
         hf.nemo_arch_config(_llama(**change), "x/config.json")
+
+
+def test_any_llama3_rope_scaling_is_read_with_its_parameters():
+    """Llama 3.2's factor 32 (and any other llama3 parameters) is kept, not refused or replaced by Llama 3.1's."""
+    custom = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+              "original_max_position_embeddings": 2048}
+    for scaling in (tiny_models.LLAMA31_SCALING, tiny_models.LLAMA32_SCALING, custom):
+        arch = hf.nemo_arch_config(_llama(rope_scaling=dict(scaling), max_position_embeddings=131072))
+        assert arch["scale_positional_embedding"] is True
+        assert arch["rope_scaling"] == {k: v for k, v in scaling.items() if k != "rope_type"}
+    assert hf.nemo_arch_config(_llama())["rope_scaling"] is None
+
+
+# transformers 5.25's LlamaConfig(...).save_pretrained writes no rope_theta / rope_scaling, only this.
+TRANSFORMERS5_ROPE = {"rope_parameters": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                          "original_max_position_embeddings": 8192, "rope_theta": 500000.0,
+                                          "rope_type": "llama3"}}
+
+
+def test_a_transformers5_config_reads_as_its_transformers4_form():
+    four = _llama(rope_scaling=dict(tiny_models.LLAMA32_SCALING), max_position_embeddings=131072)
+    five = {k: v for k, v in four.items() if k not in ("rope_theta", "rope_scaling")} | TRANSFORMERS5_ROPE
+    assert hf.nemo_arch_config(five) == hf.nemo_arch_config(four)
+    assert hf.nemo_arch_config(five)["rotary_base"] == 500000.0  # not the 10000 default a missing rope_theta gives
+    nemotron = {"architectures": ["NemotronForCausalLM"], "num_hidden_layers": 2, "hidden_size": 64,
+                "intermediate_size": 128, "num_attention_heads": 4, "hidden_act": "relu2", "norm_eps": 1e-5,
+                "max_position_embeddings": 4096, "vocab_size": 300,
+                "rope_parameters": {"partial_rotary_factor": 0.5, "rope_theta": 20000.0, "rope_type": "default"}}
+    arch = hf.nemo_arch_config(nemotron)
+    assert arch["rotary_percentage"] == 0.5 and arch["rotary_base"] == 20000.0 and arch["rope_scaling"] is None
 
 
 @pytest.mark.parametrize("change, field", [
@@ -181,6 +213,9 @@ def check(results, layout):
         assert r["hidden"] <= TOL and r["logits"] <= TOL, (layout, family, r)
         assert r["tokenizer_eos"] == 2  # <|im_end|>, from the packed tokenizer
     assert seen["llama31"]["arch"]["scale_positional_embedding"] is True
+    # Llama 3.2: its own factor (32) recorded and applied, and the tied embedding read
+    assert seen["llama32"]["rope_scaling"]["factor"] == 32.0 and seen["llama32"]["arch"]["scale_positional_embedding"]
+    assert seen["llama31"]["rope_scaling"]["factor"] == 8.0 and seen["llama3"]["rope_scaling"] is None
     assert seen["nemotron"]["arch"]["normalization"] == "layernorm1p"
     assert seen["nemotron"]["arch"]["rotary_percentage"] == 0.5
     return seen

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from nemo_hs2.data.build import prepare, validate
 from nemo_hs2.data.report import format_report, length_summary, score_histogram
 from nemo_hs2.data.sources import BadRowError
+from tests.conftest import data_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "prepare_data.py"
@@ -52,7 +52,7 @@ def tiny(tmp_path):
 
 
 def data_cfg(path, tmp_path, **over):
-    cfg = OmegaConf.load(ROOT / "conf" / "data" / "helpsteer2.yaml")
+    cfg = data_config("helpsteer2")
     cfg.seq_length = 150
     cfg.train_file = cfg.validation_file = str(path)
     cfg.system_prompt = "S"

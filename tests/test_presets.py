@@ -71,12 +71,11 @@ def test_the_stand_in_is_planned_only_without_apex_and_te():
     assert not planned(apex=True, te=False) and not planned(apex=False, te=True)
 
 
-def test_hf_rope_scaling_is_accepted_only_where_nemo_can_apply_it():
+def test_hf_rope_scaling_is_accepted_only_where_it_can_be_applied():
     assert rotary.check_hf_rope_scaling(LLAMA31) is True
     assert rotary.check_hf_rope_scaling({"type": "llama3", **{k: v for k, v in LLAMA31.items() if k != "rope_type"}})
     assert rotary.check_hf_rope_scaling(None) is False and rotary.check_hf_rope_scaling({"rope_type": "default"}) is False
-    with pytest.raises(ValueError, match="cannot be applied"):
-        rotary.check_hf_rope_scaling({**LLAMA31, "factor": 32.0})  # Llama 3.2's
+    assert rotary.hf_llama3_scaling({**LLAMA31, "factor": 32.0})["factor"] == 32.0  # Llama 3.2's, with its factor
     with pytest.raises(ValueError, match="cannot be applied"):
         rotary.check_hf_rope_scaling({"rope_type": "linear", "factor": 2.0})
 

@@ -17,6 +17,7 @@ from nemo_hs2.data.build import build_datasets, make_renderer
 from nemo_hs2.data.dataset import tokenize_examples
 from nemo_hs2.data.rows import Example
 from tests.tokenizers import LLAMA3_LIKE, tiny_tokenizer
+from tests.conftest import data_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_TURN = "Q1\n<extra_id_1>Assistant\nA1\n<extra_id_1>User\nQ2"
@@ -120,7 +121,7 @@ def test_template_choice_is_part_of_the_cache_key(tok, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps({"prompt": p, "response": "A2", "helpfulness": 3}) + "\n"
                             for p in (MULTI_TURN, MULTI_TURN)))
-    data = OmegaConf.load(ROOT / "conf" / "data" / "helpsteer2.yaml")
+    data = data_config("helpsteer2")
     data.update({"train_file": str(path), "validation_file": str(path), "cache_dir": str(tmp_path / "c"),
                  "attributes": ["helpfulness"], "seq_length": 512})
     steerlm, s1 = build_datasets(data, tok, 512, progress=False)

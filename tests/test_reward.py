@@ -117,3 +117,34 @@ def test_scorer_defaults_to_the_checkpoints_own_weights():
     Model.cfg.regression.reward_weights = "llama3_70b"  # an older checkpoint with a preset name: restricted
     assert RewardScorer(Model()).weights.tolist() == [0.65, -0.4]
     assert RewardScorer(Model(), weights={"verbosity": 1.0}).weights.tolist() == [0.0, 1.0]
+
+
+def test_model_presets_write_the_regression_schemas_defaults():
+    """The YAML presets show users the regression keys; their values are RegressionConfig's defaults, not a second
+    set (conf/model/*.yaml, except what a preset sets on purpose: attributes come from data)."""
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from nemo_hs2.core.config import RegressionConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RegressionConfig)}
+    for name in ("tiny", "gpu_common"):
+        section = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml").regression
+        for key in section:
+            if key != "attributes":
+                assert section[key] == defaults[key], (name, key)
+
+
+def test_regression_config_refuses_unknown_keys_and_choices():
+    from nemo_hs2.core.config import ConfigValueError, RegressionConfig
+
+    with pytest.raises(ConfigValueError, match=r"unknown key\(s\) loss_fn \(did you mean loss_func\?\)"):
+        RegressionConfig.from_cfg({"loss_fn": "scaled_bt"})
+    with pytest.raises(ConfigValueError, match="loss_func must be one of"):
+        RegressionConfig.from_cfg({"loss_func": "mse"})
+    with pytest.raises(ConfigValueError, match="bt_ties must be one of"):
+        RegressionConfig.from_cfg({"bt_ties": "half"})
+    aligner = {"num_attributes": 9, "merge_attributes": False, "attribute_weights": None}  # NeMo-Aligner's own keys
+    assert RegressionConfig.from_cfg(aligner).loss_func == "regression"

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from nemo_hs2.data.dataset import Collator, RewardDataset, pad_length
 from nemo_hs2.megatron.sampler import LengthGroupedBatchSampler, MegatronPretrainingRandomBatchSampler, build_train_sampler
+from tests.conftest import data_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, MBS, GBS, DP = 203, 2, 8, 2  # 25 steps an epoch; 3 rows left out of each epoch
@@ -144,4 +145,4 @@ def test_grouped_order_is_random_within_and_across_epochs():
 def test_training_configs_keep_megatrons_random_batches_by_default():
     # Length grouping trained the demo model worse (README, "Performance"): it is opt-in.
     for name in ("demo", "helpsteer2"):
-        assert OmegaConf.load(f"{ROOT}/conf/data/{name}.yaml").length_grouped is False
+        assert data_config(name).length_grouped is False

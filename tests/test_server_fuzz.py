@@ -39,7 +39,14 @@ dim = st.one_of(st.integers(0, 6), st.integers(-3, 2 ** 70), st.sampled_from([2 
 shape = st.one_of(st.lists(dim, max_size=4), st.lists(st.integers(0, 3), max_size=10), json_value)
 turn = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "bot", ""]),
                               "content": st.text(max_size=60)})
-conversation = st.one_of(st.lists(turn, max_size=5), st.lists(st.one_of(turn, json_value), max_size=4), json_value)
+text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
+# well-formed chats of arbitrary text (user / assistant alternating, the assistant last), so the fuzz also reaches
+# tokenizing, batching and the answer, not only the refusals
+chat = st.builds(lambda pairs, system: ([{"role": "system", "content": system}] if system else []) + [
+    {"role": role, "content": c} for u, a in pairs for role, c in (("user", u), ("assistant", a))],
+    st.lists(st.tuples(text, text), min_size=1, max_size=3), st.one_of(st.none(), text))
+conversation = st.one_of(chat, chat, st.lists(turn, max_size=5), st.lists(st.one_of(turn, json_value), max_size=4),
+                         json_value)
 
 
 @st.composite
@@ -60,8 +67,37 @@ def tensor(draw):
 
 
 @st.composite
+def token_rows(draw):
+    """tokens [B, T] + sequence_lengths [B, 1] as RemoteGPTRMClient sends them, lengths and ids drawn freely."""
+    rows = draw(st.lists(st.lists(st.integers(-2, 260), min_size=1, max_size=12), min_size=1, max_size=4))
+    width = max(map(len, rows))
+    flat = [t for r in rows for t in r + [0] * (width - len(r))]
+    lengths = [draw(st.one_of(st.just(len(r)), st.integers(-1, width + 2))) for r in rows]
+    binary = draw(st.booleans())
+    specs = []
+    for name, shape, values in (("tokens", [len(rows), width], flat), ("sequence_lengths", [len(rows), 1], lengths)):
+        if binary:
+            raw = struct.pack(f"<{len(values)}q", *values)
+            specs.append(({"name": name, "datatype": "INT64", "shape": shape,
+                           "parameters": {"binary_data_size": len(raw)}}, raw))
+        else:
+            specs.append(({"name": name, "datatype": "INT64", "shape": shape, "data": values}, b""))
+    return specs
+
+
+@st.composite
+def sentence_rows(draw):
+    texts = draw(st.lists(text, min_size=1, max_size=3))
+    if draw(st.booleans()):
+        raw = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
+        return [({"name": "sentences", "datatype": "BYTES", "shape": [len(texts), 1],
+                  "parameters": {"binary_data_size": len(raw)}}, raw)]
+    return [({"name": "sentences", "datatype": "BYTES", "shape": [len(texts)], "data": texts}, b"")]
+
+
+@st.composite
 def infer_body(draw):
-    specs = draw(st.lists(tensor(), max_size=4))
+    specs = draw(st.one_of(st.lists(tensor(), max_size=4), token_rows(), sentence_rows()))
     header = {"inputs": [s for s, _ in specs]}
     for key in ("outputs", "parameters", "id"):
         if draw(st.booleans()):

@@ -198,9 +198,13 @@ def test_preemption_then_a_lost_node_requeue_and_resume_to_the_same_result(runs,
                                                                            "-o", "%N"), 300, "the node to be down")
     down_s = time.time() - lost_at
     subprocess.run(["bash", str(START)], env=ENV, capture_output=True, timeout=300, check=True)
-    info = wait(job, lambda i: finished(i) and i.get("Restarts") == "2", 900, "the second requeue to finish")
+    # SLURM 22.05 retries a step signal that could not reach the dead node (srun's kill-on-bad-exit, ~60 s later);
+    # when the job's next run already has a step of the same id on the returned node, that one gets it, checkpoints
+    # and requeues once more (seen once in three runs here). The numbers must come out the same either way.
+    info = wait(job, lambda i: finished(i) and int(i.get("Restarts", 0)) >= 2, 900, "the requeued run to finish")
     out = output(log_dir, job)
-    print(f"pre-emption + lost node: {time.time() - t0:.0f} s in all; hs2n2 seen down {down_s:.0f} s after it died")
+    print(f"pre-emption + lost node: {time.time() - t0:.0f} s in all, {info['Restarts']} restarts; hs2n2 seen down "
+          f"{down_s:.0f} s after it died")
     for restart in (0, 1, 2):  # --open-mode=append: every run's output is kept
         assert f"(restart {restart}, host mode)" in out, out[-3000:]
     assert info["ExitCode"].startswith("0:")

@@ -117,22 +117,41 @@ def byte_level_tokenizer():
     return tok
 
 
+# Conversations the export checks its chat template on (ids equal to training's renderer), with PROBES' texts.
+CHECK_CONVERSATIONS = (
+    [{"role": "user", "content": "What is 12 + 30?"}, {"role": "assistant", "content": "It is 42.  Sure:\n\n- 42"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Привет! 日本語?"},
+     {"role": "assistant", "content": " Hi 🙂"}, {"role": "user", "content": "\tAgain\n"},
+     {"role": "assistant", "content": "def f(x):\n    return x"}],
+)
+
+
 def export_tokenizer(model):
-    """The model's HF tokenizer with the training template as ``chat_template`` and a dedicated right pad."""
+    """The model's HF tokenizer with the training template as ``chat_template``, a dedicated right pad, and nothing
+    added by a plain ``tokenizer(text)`` call; checked to give the training ids."""
     import copy
+
+    from nemo_hs2.core.conversation import Conversation
+    from nemo_hs2.core.render import Renderer
+    from nemo_hs2.hf import sentencepiece
 
     inner = getattr(model.tokenizer, "tokenizer", None)
     lib = model.cfg.tokenizer.get("library")
+    template, system_prompt = model.cfg.get("template") or "steerlm", model.cfg.get("system_prompt")
+    renderer = Renderer(template, model.tokenizer, system_prompt)
+    conversations = [Conversation.from_messages(c) for c in CHECK_CONVERSATIONS]
     if lib == "byte-level":
         tok = byte_level_tokenizer()
     elif lib == "huggingface" and getattr(inner, "is_fast", False):
         tok = copy.deepcopy(inner)
+    elif lib == "sentencepiece":
+        tok = sentencepiece.fast_tokenizer(model.tokenizer, [renderer.text(c) for c in conversations])
     else:
         raise hf.UnsupportedModel(f"model.tokenizer.library={lib!r}: export needs a Hugging Face fast tokenizer (one "
-                                  "imported with examples/import_hf.py) or NeMo's byte-level one")
+                                  "imported with examples/import_hf.py), NeMo's byte-level one or a SentencePiece "
+                                  "model")
     try:  # the one renderer's template, as a Jinja chat template (nemo_hs2.core.render)
-        tok.chat_template = export_chat_template(model.cfg.get("template") or "steerlm", model.cfg.get("system_prompt"),
-                                                 tok.chat_template)
+        tok.chat_template = export_chat_template(template, system_prompt, tok.chat_template)
     except ValueError as e:
         raise hf.UnsupportedModel(str(e)) from None
     if PAD_TOKEN in tok.get_vocab():
@@ -141,7 +160,38 @@ def export_tokenizer(model):
     tok.padding_side = "right"
     tok.truncation_side = "left"  # over-long rows keep their end, where the reward is read (as in training)
     tok.model_max_length = int(model.cfg.encoder_seq_length)
+    # Stock tokenizers return only what the model's forward takes; PreTrainedTokenizerFast's default adds
+    # token_type_ids, which model(**tokenizer(texts)) then rejects. Saved through init_kwargs.
+    tok.model_input_names = tok.init_kwargs["model_input_names"] = list(sentencepiece.MODEL_INPUT_NAMES)
+    _add_nothing(tok)
+    sentencepiece.check_same_ids(model.tokenizer, tok, sentencepiece.PROBES)
+    for conversation in conversations:
+        got = list(tok.apply_chat_template(conversation.messages(), tokenize=True))
+        if got != renderer.ids(conversation):
+            raise hf.UnsupportedModel("the exported chat template does not give the training ids "
+                                      f"({got[:8]}... against {renderer.ids(conversation)[:8]}...)")
     return tok
+
+
+def _add_nothing(tok) -> None:
+    """Drop the post-processor's added tokens (Llama 3's BOS template), so that ``tokenizer(text)`` equals
+    ``tokenizer(text, add_special_tokens=False)``: the chat template already writes any BOS training saw, and
+    RewardBench-style callers tokenize its text with the defaults."""
+    from tokenizers import Tokenizer
+
+    state = json.loads(tok.backend_tokenizer.to_str())
+    post = state.get("post_processor")
+    if post is None:
+        return
+    members = post["processors"] if post["type"] == "Sequence" else [post]
+    kept = [p for p in members if p["type"] == "ByteLevel"]  # offsets only; every other kind adds tokens
+    if len(kept) == len(members):
+        return
+    state["post_processor"] = None if not kept else kept[0] if len(kept) == 1 else {"type": "Sequence",
+                                                                                   "processors": kept}
+    tok._tokenizer = Tokenizer.from_str(json.dumps(state))
+    if tok("a b")["input_ids"] != tok("a b", add_special_tokens=False)["input_ids"]:
+        raise hf.UnsupportedModel("the tokenizer still adds tokens on a plain call")
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -170,10 +220,9 @@ def export_tensors(module, causal: dict, vocab_rows: int, head: str, weights: to
             if name == "output_layer.weight":  # the LM head: a sequence classifier has none
                 continue
             for key, value in zip(rule.hf, rule.split(own[name].float(), arch)):
-                if key == embedding:  # drop the vocabulary padding, add rows up to the pad token
-                    value = value[:vocab_rows]
-                    if value.shape[0] < vocab_rows:
-                        value = torch.cat([value, value.new_zeros(vocab_rows - value.shape[0], value.shape[1])])
+                if key == embedding:  # drop the vocabulary padding; the pad token (the last row) gets zeros
+                    value = value[:vocab_rows - 1]
+                    value = torch.cat([value, value.new_zeros(vocab_rows - value.shape[0], value.shape[1])])
                 elif key == norm_bias and norm_delta is not None:
                     value = (value.double() + norm_delta).float()
                 yield key, value.to(dtype).contiguous()
@@ -235,6 +284,8 @@ def export(model, output_dir: str, head: str = "attributes", dtype: str = "float
     causal = hf_causal_config(c)
     family = hf.family_of(causal).name
     tok = export_tokenizer(model)
+    if tok.pad_token_id != len(tok) - 1:
+        raise RuntimeError(f"the pad token has id {tok.pad_token_id}, not the last ({len(tok) - 1})")
     attributes = list(model.attributes)
     weights = torch.tensor(resolve_weights(dict(model.reward_weights), attributes), dtype=torch.float64)
     tensors, bias = export_tensors(model.model, causal, len(tok), head, weights, DTYPES[dtype])
@@ -257,14 +308,19 @@ def export(model, output_dir: str, head: str = "attributes", dtype: str = "float
     config.save_pretrained(output_dir)
     tok.save_pretrained(output_dir)
     with open(os.path.join(output_dir, "README.md"), "w") as f:
-        f.write(model_card(config, meta, source))
+        f.write(model_card(config, meta, source, output_dir))
     return {"output_dir": output_dir, "architecture": config.architectures[0], "num_labels": len(labels),
             "labels": labels, "dtype": dtype, "vocab_size": len(tok), "pad_token_id": tok.pad_token_id,
             "bias_folded": bias is None, **written}
 
 
-def model_card(config, meta: dict, source: str) -> str:
+def model_card(config, meta: dict, source: str, directory: str) -> str:
     bias = meta["score_bias"]
+    bias_code = "" if bias is None else '\n    scores += torch.tensor(model.config.nemo_hs2["score_bias"])'
+    if meta["head"] == "attributes":
+        bias_code += ('\nweights = model.config.nemo_hs2["reward_weights"]\n'
+                      'reward = scores @ torch.tensor([weights[model.config.id2label[i]] '
+                      'for i in range(model.config.num_labels)])')
     bias_text = ("The head's bias is folded into the weights: the logits are the scores." if bias is None else
                  f"The head's bias cannot be represented in `{config.architectures[0]}` (its `score` layer has none): "
                  f"add `config.nemo_hs2['score_bias']` = `{bias}` to the logits to get the training-time scores "
@@ -286,20 +342,26 @@ Exported by `examples/export_hf.py` from `{source}`. Outputs: {what}.
 ## Scoring
 
 The tokenizer's `chat_template` renders a conversation (ending with the assistant response to score) into exactly
-the text the model was trained on ({meta['template']} template); the reward is read at its last token. Tokenize
-with `apply_chat_template(..., tokenize=True)` or `tokenizer(text, add_special_tokens=False)`: no BOS/EOS is added
-in training. Batches are padded on the right with the dedicated `{PAD_TOKEN}` (`pad_token_id={config.pad_token_id}`),
-which the classifier uses to find each row's last token; never pad with another token.
+the text the model was trained on ({meta['template']} template); the reward is read at its last token. The
+tokenizer adds nothing to that text (any BOS is the template's), so `tokenizer(texts)` and
+`apply_chat_template(..., tokenize=True)` give the training ids, and it returns only `input_ids` and
+`attention_mask`. Batches are padded on the right with the dedicated `{PAD_TOKEN}`
+(`pad_token_id={config.pad_token_id}`), which the classifier uses to find each row's last token; never pad with
+another token (TRL's GRPOTrainer keeps this pad token: it sets one only where a tokenizer has none).
 
 ```python
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+D = {json.dumps(os.path.abspath(directory))}  # this directory, where examples/export_hf.py wrote it
+conversations = [[{{"role": "user", "content": "What is 12 + 30?"}}, {{"role": "assistant", "content": "42."}}],
+                 [{{"role": "user", "content": "Name a prime."}}, {{"role": "assistant", "content": "Nine."}}]]
 tok = AutoTokenizer.from_pretrained(D)
-model = AutoModelForSequenceClassification.from_pretrained(D, torch_dtype=torch.float32)
+model = AutoModelForSequenceClassification.from_pretrained(D).float()
 texts = [tok.apply_chat_template(conv, tokenize=False) for conv in conversations]
-batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-scores = model(**batch).logits
+with torch.no_grad():
+    scores = model(**tok(texts, padding=True, return_tensors="pt")).logits{bias_code}
+print(scores)
 ```
 """
 
@@ -344,13 +406,18 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError(f"export.head={head!r} (one of {HEADS}), export.dtype={dtype!r} (one of {sorted(DTYPES)})")
     from nemo_hs2.megatron.loading import checkpoint_config, load_reward_model
 
-    library = (checkpoint_config(checkpoint).get("tokenizer") or {}).get("library")
-    if library not in ("huggingface", "byte-level"):  # before the model loads
+    head_layout = cfg.get("head_layout")
+    if head_layout is not None and not isinstance(head_layout, str):
+        head_layout = OmegaConf.to_container(head_layout, resolve=True)
+    # before the model loads: the tokenizer kind, and a positional head without names (NeMo-Aligner's)
+    library = (checkpoint_config(checkpoint, head_layout).get("tokenizer") or {}).get("library")
+    if library not in ("huggingface", "byte-level", "sentencepiece"):
         raise hf.UnsupportedModel(f"{checkpoint}: model.tokenizer.library={library!r}: export needs a Hugging Face "
-                                  "fast tokenizer (one imported with examples/import_hf.py) or NeMo's byte-level one")
+                                  "fast tokenizer (one imported with examples/import_hf.py), NeMo's byte-level one "
+                                  "or a SentencePiece model")
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.get("trainer") else None
     model = load_reward_model(checkpoint, trainer, {"tensor_model_parallel_size": 1,
-                                                    "pipeline_model_parallel_size": 1})
+                                                    "pipeline_model_parallel_size": 1}, head_layout=head_layout)
     loaded = time.time()
     report = export(model, output_dir, head, dtype, source=os.path.basename(str(checkpoint)),
                     max_shard_gb=float(exp.get("max_shard_gb", 5.0)))

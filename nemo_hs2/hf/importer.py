@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_hs2.core.render import encode
 from nemo_hs2.hf import mapping as hf
+from nemo_hs2.megatron.checkpoint_config import ARCH_KEYS
 from nemo_hs2.hf import tokenizer as hf_tokenizer
 
 # Sentences the importer checks the packed tokenizer on (ids must equal the HF tokenizer's).
@@ -126,7 +127,7 @@ def model_config(cfg: DictConfig, arch: dict, tokenizer_files: dict) -> DictConf
     """The run's model config (non-architecture settings) with the HF architecture and the packed tokenizer."""
     model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     with open_dict(model):
-        for key in hf.ARCH_KEYS:
+        for key in ARCH_KEYS:
             model.pop(key, None)
         model.update(arch)
         model.tokenizer = hf_tokenizer.model_config(tokenizer_files)

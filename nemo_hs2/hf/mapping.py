@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from nemo_hs2.megatron.checkpoint_config import ARCH_KEYS  # noqa: F401  (this module's face too)
 from nemo_hs2.megatron.rotary import hf_llama3_scaling
 
 class UnsupportedModel(ValueError):

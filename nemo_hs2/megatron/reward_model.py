@@ -30,24 +30,29 @@ from nemo_aligner.utils.train_utils import set_sync_funcs
 from omegaconf import DictConfig, open_dict
 
 from nemo_hs2.core import losses
-from nemo_hs2.core.attributes import check_attributes
+from nemo_hs2.core.config import RegressionConfig
 from nemo_hs2.data import packing
 from nemo_hs2.data.dataset import pad_length
 from nemo_hs2.megatron.packed_gpt import check_packable, make_packable
 from nemo_hs2.megatron.rotary import apply_rope_scaling
-from nemo_hs2.core.reward_weights import DEFAULT_PRESET, resolve_weights, weights_for
+from nemo_hs2.core.reward_weights import resolve_weights, weights_for
 
 _STEP_KEYS = ("inputs", "lengths", "position_ids", "labels", "label_mask", "pair_ids", "preference")
 _COLLECTED = ("labels", "label_mask", "pair_ids", "preference")
 
 
+def bt_weight_spec(bt_reward, attributes):
+    """``model.regression.bt_reward`` as a weight spec: one attribute's name is that attribute alone."""
+    bt_reward = bt_reward if isinstance(bt_reward, str) else dict(bt_reward)
+    return {bt_reward: 1.0} if isinstance(bt_reward, str) and bt_reward in attributes else bt_reward
+
+
 def prepare_model_config(cfg: DictConfig) -> DictConfig:
     """Derive the parent's positional settings from our named ones (call before constructing the model)."""
     reg = cfg.regression
-    attributes = check_attributes(reg.attributes)
-    loss_name = reg.get("loss_func", "regression")
-    if loss_name not in losses.LOSS_NAMES:
-        raise ValueError(f"model.regression.loss_func='{loss_name}' is not one of {losses.LOSS_NAMES}")
+    typed = RegressionConfig.from_cfg(reg)
+    attributes = typed.attributes
+    loss_name = typed.loss_func
     top_level = cfg.get("loss_func")
     if top_level is not None and top_level != loss_name:
         raise ValueError(
@@ -56,15 +61,14 @@ def prepare_model_config(cfg: DictConfig) -> DictConfig:
         )
     # Resolved here, before training, into the mapping the checkpoint then carries: validation, scoring, evaluation
     # and serving all read this one, and a preset over attributes the model lacks is restricted (with a warning).
-    weights = weights_for(reg.get("reward_weights") or DEFAULT_PRESET, attributes)
-    bt_reward = reg.get("bt_reward", "helpfulness")
-    if isinstance(bt_reward, str) and bt_reward in attributes:  # one named attribute
-        bt_reward = {bt_reward: 1.0}
-    bt_reward = weights_for(bt_reward, attributes)
+    weights = weights_for(typed.reward_weights, attributes)
+    bt_reward = weights_for(bt_weight_spec(typed.bt_reward, attributes), attributes)
     with open_dict(cfg):
         reg.reward_weights = weights
         reg.bt_reward = bt_reward
         reg.loss_func = loss_name  # a NeMo-Aligner checkpoint's config may not have it
+        reg.bt_loss_weight = typed.bt_loss_weight
+        reg.bt_ties = typed.bt_ties
         reg.num_attributes = len(attributes)
         reg.merge_attributes = False  # the head must output every attribute; rewards are combined by name
         reg.attribute_weights = None
@@ -90,9 +94,8 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         # Transformer Engine attention takes the THD layout: one sequence per micro-batch, no dense mask.
         self.thd = bool(self.cfg.get("transformer_engine", False))
         self.reward_weights = dict(reg.reward_weights)
-        self.bt_loss_weight = float(reg.get("bt_loss_weight", 1.0))
-        self.bt_ties = str(reg.get("bt_ties", "drop"))
-        losses.bt_pair_included(torch.zeros(0), self.bt_ties)  # reject an unknown value at build time
+        self.bt_loss_weight = float(reg.bt_loss_weight)
+        self.bt_ties = str(reg.bt_ties)
         self._validation_outputs: list[dict[str, torch.Tensor]] | None = None
         self.last_loss = 0.0  # of the latest get_loss_and_metrics, on every rank (for the non-finite guard)
         self.skip_step = False  # the latest training batch had nothing to learn: its optimizer step is skipped
@@ -104,9 +107,7 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
             self.cfg.regression.attributes = list(attributes)
             self.cfg.regression.num_attributes = len(attributes)
         self.attributes = tuple(attributes)
-        bt_reward = self.cfg.regression.get("bt_reward", "helpfulness")
-        if isinstance(bt_reward, str) and bt_reward in self.attributes:  # one named attribute
-            bt_reward = {bt_reward: 1.0}
+        bt_reward = bt_weight_spec(self.cfg.regression.bt_reward, self.attributes)
         self.bt_weights = torch.tensor(resolve_weights(bt_reward, self.attributes), dtype=torch.float32)
 
     def model_provider_func(self, pre_process, post_process):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from nemo_hs2.core.render import Renderer
-from nemo_hs2.core.reward_weights import DEFAULT_PRESET, resolve_weights, weights_for
+from nemo_hs2.core.config import RegressionConfig
+from nemo_hs2.core.reward_weights import resolve_weights, weights_for
 from nemo_hs2.core.scorer import BTSettings, ScoresConversations, as_conversation
 from nemo_hs2.data.dataset import Collator
 
@@ -28,7 +29,7 @@ class RewardScorer(ScoresConversations):
         self.model = model
         self.attributes = tuple(model.attributes)
         if weights is None:  # the checkpoint's own: what it validated with (resolved to its attributes in training)
-            weights = model.cfg.regression.get("reward_weights") or DEFAULT_PRESET
+            weights = RegressionConfig.from_cfg(model.cfg.regression).reward_weights
         self.weights = resolve_weights(weights_for(weights, self.attributes), self.attributes)
         self.batch_size = max(1, int(batch_size))
         self.renderer = model_renderer(model)

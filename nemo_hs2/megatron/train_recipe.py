@@ -8,6 +8,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_hs2.core.config import RegressionConfig, check_data
 from nemo_hs2.data.build import RunData
 from nemo_hs2.megatron import compat
 from nemo_hs2.megatron.build import build_model, seed_model_parallel_rng
@@ -100,6 +101,8 @@ def run(cfg: DictConfig) -> dict:
     (requeue) within ``collective_timeout_s``.
     """
     layout = parallel_layout(cfg)
+    check_data(cfg.data)
+    RegressionConfig.from_cfg(cfg.model.regression)
     compat.apply()
     check_init(cfg)
     data = run_data(cfg)
@@ -116,7 +119,7 @@ def run_data(cfg: DictConfig) -> RunData:
     path = (cfg.get("init") or {}).get("restore_from_path")
     tokenizer = checkpoint_tokenizer(path) if path else build_tokenizer(cfg.model.tokenizer)
     return build_run_data(cfg.data, tokenizer, int(cfg.model.global_batch_size),
-                          cfg.model.regression.get("loss_func", "regression"))
+                          RegressionConfig.from_cfg(cfg.model.regression).loss_func)
 
 
 def _train(cfg: DictConfig, layout: dict, data: RunData) -> dict:

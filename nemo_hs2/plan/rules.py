@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 from omegaconf import OmegaConf
 
 from nemo_hs2.plan.layout import Layout, Vocab, layout_of, tokenizer_vocab, vocab_of
-from nemo_hs2.plan.read import MISSING, get, is_set
+from nemo_hs2.plan.read import get, is_set
 
 
 class Finding(NamedTuple):

@@ -18,7 +18,9 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # have wavelengths beyond 2048 and are changed, visibly so within a few dozen positions.
 LLAMA31_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
-FAMILIES = ("llama3", "llama31", "llama_tied", "nemotron", "gpt_neox")
+# Llama 3.2 (Meta's Llama-3.2-1B / 3B config.json): the same formula with factor 32, and tied embeddings.
+LLAMA32_SCALING = {**LLAMA31_SCALING, "factor": 32.0}
+FAMILIES = ("llama3", "llama31", "llama32", "llama_tied", "nemotron", "gpt_neox")
 
 
 def tokenizer():
@@ -52,9 +54,11 @@ def config(family: str, vocab_size: int):
                              architectures=["GPTNeoXForCausalLM"], hidden_act="gelu", rotary_pct=0.5,
                              rotary_emb_base=10000, layer_norm_eps=1e-5, use_parallel_residual=False,
                              attention_bias=True, tie_word_embeddings=False)
-    extra = {"rope_scaling": LLAMA31_SCALING, "max_position_embeddings": 131072} if family == "llama31" else {}
+    scaling = {"llama31": LLAMA31_SCALING, "llama32": LLAMA32_SCALING}.get(family)
+    extra = {"rope_scaling": dict(scaling), "max_position_embeddings": 131072} if scaling else {}
     return LlamaConfig(**{**common, "architectures": ["LlamaForCausalLM"], **extra}, intermediate_size=96,
-                       rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=family == "llama_tied")
+                       rope_theta=500000.0, rms_norm_eps=1e-5,
+                       tie_word_embeddings=family in ("llama_tied", "llama32"))
 
 
 def write(family: str, directory: str, seed: int = 0) -> str:

@@ -98,7 +98,10 @@ def main():
         result = {"layout": {"tp": ps.get_tensor_model_parallel_world_size(),
                              "pp": ps.get_pipeline_model_parallel_world_size()},
                   "arch": {k: model.cfg.get(k) for k in ("num_layers", "hidden_size", "normalization", "activation",
-                                                         "scale_positional_embedding", "rotary_percentage")}}
+                                                         "scale_positional_embedding", "rotary_percentage",
+                                                         "share_embeddings_and_output_weights")},
+                  "rope_scaling": OmegaConf.to_container(model.cfg.rope_scaling)
+                  if model.cfg.get("rope_scaling") is not None else None}
         if hook is not None:
             hook.remove()
             with torch.no_grad():

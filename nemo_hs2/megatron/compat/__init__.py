@@ -19,12 +19,18 @@ thread: run the model in the thread that called ``apply()`` (the reward server d
 
 from __future__ import annotations
 
-# Registration order is application order: env first, then the hardware groups (te's local-spec before the
-# layernorm1p patch that wraps it), NeMo, torch API, process lifetimes.
-from nemo_hs2.megatron.compat import env, cuda, apex, te, nemo, torch_api, process  # noqa: F401,E401  (registers)
+import importlib
+
 from nemo_hs2.megatron.compat import registry
-from nemo_hs2.megatron.compat.registry import SUPPORTED, CompatError, Environment, Patch  # noqa: F401  (public face)
-from nemo_hs2.megatron.compat.torch_api import full_unpickling  # noqa: F401
+from nemo_hs2.megatron.compat.registry import SUPPORTED, CompatError, Environment, Patch
+from nemo_hs2.megatron.compat.torch_api import full_unpickling
+
+__all__ = ["SUPPORTED", "CompatError", "Environment", "Patch", "apply", "applied", "check_megatron_core",
+           "full_unpickling", "planned"]
+# Importing a group registers its patches; registration order is application order: env first, then the hardware
+# groups (te's local-spec before the layernorm1p patch that wraps it), NeMo, the torch API, process lifetimes.
+for _group in ("env", "cuda", "apex", "te", "nemo", "torch_api", "process"):
+    importlib.import_module(f"nemo_hs2.megatron.compat.{_group}")
 
 
 def check_megatron_core() -> None:
