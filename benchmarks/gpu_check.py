@@ -10,7 +10,11 @@ Stages, each in its own process so a failure is reported with its stage and the 
   (benchmarks/train_throughput.py): step time, real tokens/s, TFLOP/s, MFU against --peak-tflops;
 * memory: the measured peak against the planner's estimate for the same configuration;
 * parity: a tiny fp32 model's rewards on the GPU against the CPU, same weights (the CPU side runs with CUDA hidden,
-  so compat maps it to the CPU exactly as on our machines).
+  so compat maps it to the CPU exactly as on our machines);
+* packed: data.packing on the device. Exactness: a tiny fp32 model's losses, predictions and gradients packed vs
+  unpacked on the same preference pairs (the dense block-diagonal mask; and megatron-core's THD layout through
+  Transformer Engine where it is installed, which it is not on this CPU machine). Throughput: the train stage's
+  model on HelpSteer pairs (Bradley-Terry), per-micro-batch trimming vs packed.
 """
 
 from __future__ import annotations
@@ -166,8 +170,77 @@ def _parity_side(device: str, tmp: Path, save: bool):
     return pred
 
 
-STAGES = {"env": stage_env, "train": stage_train, "parity": stage_parity}
-TIMEOUTS = {"env": 120, "train": 300, "parity": 150}
+def stage_packed(args) -> dict:
+    """Packed == unpacked on the device (fp32, tiny), per attention path; then trimming vs packing throughput."""
+    from nemo_hs2.megatron import compat
+
+    paths = {"dense": []}
+    if compat.Environment.detect().te:
+        paths["thd"] = ["model.transformer_engine=true"]
+    out = {"exactness": {name: _packed_exactness(args, extra) for name, extra in paths.items()}}
+    from benchmarks import train_throughput as tt
+
+    overrides, seq, mbs, mbn, steps = SIZES[args.size]
+    argv = ["--device", args.device, "--pp", "1", "--size", "tiny", "--seq-length", str(seq), "--micro-batch",
+            str(mbs), "--micro-batches", str(mbn), "--steps", str(steps), "--warmup", str(args.warmup), "--data",
+            args.data, "--peak-tflops", str(args.peak_tflops), "--master-port", str(_free_port()), "--pairs",
+            "--packing", "--no-length-grouped"]
+    for o in overrides:
+        argv += ["--override", o]
+    with tempfile.TemporaryDirectory() as tmp:
+        info = tt.launch(tt.parse_args(argv), argv, 1, Path(tmp) / "packed.json")
+    out.update({"rows": info["rows"], "pairs": info["samples"], "epoch_fraction": info["epoch_fraction"],
+                "thd": "thd" in paths})
+    return out
+
+
+def _packed_exactness(args, extra) -> dict:
+    import numpy as np
+    import torch
+
+    from benchmarks import train_throughput as tt
+    from nemo_hs2.data.preference import PairCollator
+
+    targs = argparse.Namespace(size="tiny", device=args.device, seq_length=256, micro_batch=2, micro_batches=2,
+                               precision="fp32", layout_pp=1, tp=1)
+    _, model, _ = tt.build_model(targs, 256, PARITY + extra)
+    rng = np.random.default_rng(0)
+    empty = np.full(len(model.attributes), np.nan, np.float32)
+    empty[0] = 2.0
+    pairs = [{"rows": tuple({"tokens": rng.integers(1, 250, size=int(rng.integers(8, 250))).astype(np.int32),
+                             "labels": empty, "pair_id": i} for _ in range(2)),
+              "preference": float(rng.choice([-2, -1, 1, 2])), "pair_id": i} for i in range(4)]
+    batch = PairCollator(255, 8)(pairs)
+    runs = {}
+    for packed, capacity in ((False, None), (True, None), (True, 256)):
+        model.packing, model.pack_length = packed, capacity
+        for loss in ("regression", "regular_bt"):
+            model.loss_name = loss
+            model.prepare_for_training_step()
+            for prm in model.model.parameters():
+                prm.grad = None
+            value, _ = model.get_loss_and_metrics(batch, forward_only=False)
+            grads = {n: (getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad)
+                     for n, p in model.model.named_parameters()}
+            with torch.no_grad():
+                pred = model.predict(batch).cpu().numpy()
+            runs[(packed, capacity, loss)] = (value, pred, {n: g.detach().clone() for n, g in grads.items()
+                                                            if g is not None})
+    model.packing, model.pack_length = False, None
+    diffs = {}
+    for (packed, capacity, loss), (value, pred, grads) in runs.items():
+        if not packed:
+            continue
+        ref_value, ref_pred, ref_grads = runs[(False, None, loss)]
+        key = f"{'one_row' if capacity is None else 'bins'}/{loss}"
+        diffs[key] = {"loss": abs(value - ref_value), "pred": float(np.abs(pred - ref_pred).max()),
+                      "grads": max(float((grads[n] - ref_grads[n]).abs().max()) for n in ref_grads)}
+    worst = max(v for d in diffs.values() for v in d.values())
+    return {"thd": bool(model.thd), "diffs": diffs, "max_abs_diff": worst, "ok": worst <= 1e-4}
+
+
+STAGES = {"env": stage_env, "train": stage_train, "parity": stage_parity, "packed": stage_packed}
+TIMEOUTS = {"env": 120, "train": 300, "parity": 150, "packed": 300}
 
 
 def _limit(stage: str, args) -> int:
@@ -215,6 +288,18 @@ def table(results: dict) -> str:
                      f"({train['parameters'] / 1e6:.1f} M parameters) |")
     elif "error" in train:
         lines.append(f"| train | failed: {train['error'][:200]} |")
+    packed = results.get("packed", {})
+    if "error" in packed:
+        lines.append(f"| packed | failed: {packed['error'][:200]} |")
+    elif packed:
+        for name, ex in packed["exactness"].items():
+            lines.append(f"| packed {name} exactness | max abs diff {ex['max_abs_diff']:.2e} (losses, predictions, "
+                         f"gradients vs unpacked), {'ok' if ex['ok'] else 'FAILED'} |")
+        for r in packed["rows"]:
+            lines.append(f"| packed pairs, {r['mode']} | {r['step_s']:.3f} s/step, {r['real_tok_s']:.0f} real tok/s, "
+                         f"real-token fraction {r['real_frac']:.2f} |")
+        if not packed["thd"]:
+            lines.append("| packed thd | not run: no Transformer Engine here |")
     par = results.get("parity", {})
     if "error" in par:
         lines.append(f"| parity | failed: {par['error'][:200]} |")
@@ -233,8 +318,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM: 989)")
     p.add_argument("--stage-timeout", type=int, default=None,
-                   help="seconds per stage (default env 120, train 300, parity 150: the whole check inside 8 minutes)")
-    p.add_argument("--stages", default="env,train,parity", help="comma-separated subset to run")
+                   help="seconds per stage (default env 120, train 300, parity 150, packed 300)")
+    p.add_argument("--stages", default="env,train,parity,packed", help="comma-separated subset to run")
     p.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--parity-side", help=argparse.SUPPRESS)

@@ -17,7 +17,8 @@ The same job through both systems:
   gradient clipping at 1.0, fp32, sequential order (nemo_hs2: trainer.rm.train_random_sampler=false; TRL:
   train_sampling_strategy=sequential), one pass, OMP_NUM_THREADS the same for both.
 * nemo_hs2 runs examples/train_reward_model.py; TRL its current release with the transformers it asks for, from the
-  side environment scripts/trl_env.sh builds (--trl-python to give one).
+  side environment scripts/ecosystem_env.sh builds (.venv-ecosystem, shared with the export's ecosystem check;
+  --trl-python to give another).
 
 Printed: per step both losses, learning rates and gradient norms and their differences; per system real tokens/s
 (rows' own tokens over the measured steps' time, the first step left out as warm-up), median step time, peak RSS
@@ -115,6 +116,9 @@ def trl_worker(spec_path: str, out_path: str) -> int:
         return {"pairs": len(prepared), "expected": len(pairs), "mismatched": bad[:5], "count": len(bad)}
 
     ids = {"train": mismatches(trainer.train_dataset, spec["train"]), "validation": mismatches(val, spec["validation"])}
+    if any(c["count"] or c["pairs"] != c["expected"] for c in ids.values()):  # not the same job: stop before training
+        print("TRL's token ids differ from nemo_hs2's:", json.dumps(ids))
+        return 3
     started = time.time()
     trainer.train()
     train_s = time.time() - started
@@ -177,7 +181,7 @@ def nemo_overrides(args, nemo: Path, pairs_file: Path, steps: int, log_dir: Path
     """examples/train_reward_model.py's command line for this job (also composed here to read its data)."""
     return [f"init.restore_from_path={nemo}", "init.mode=reward_model", "data=helpsteer2_preference",
             f"data.preference_file={pairs_file}", f"data.attributes=[{ATTRIBUTE}]", "data.template=hf_chat",
-            f"data.packing={str(args.packing).lower()}", f"model.encoder_seq_length={args.seq_length}",
+            f"model.encoder_seq_length={args.seq_length}",
             "model.regression.loss_func=regular_bt", "model.regression.bt_ties=drop",
             f"model.regression.bt_reward={ATTRIBUTE}", f"model.regression.reward_weights={ATTRIBUTE}_only",
             f"model.micro_batch_size={args.micro_batch}", f"model.global_batch_size={args.global_batch}",
@@ -272,10 +276,40 @@ def conversations(pairs_file: Path) -> dict:
 def trl_python(args) -> str:
     if args.trl_python:
         return args.trl_python
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "trl_env.sh")], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "ecosystem_env.sh")], cwd=ROOT, capture_output=True,
+                          text=True)
     if proc.returncode:
-        raise SystemExit(f"scripts/trl_env.sh failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"scripts/ecosystem_env.sh failed:\n{proc.stderr[-3000:]}")
     return proc.stdout.strip().splitlines()[-1]
+
+
+def run_nemo(args, nemo: Path, pairs_file: Path, steps: int, work: Path, env: dict, ids: dict, packed: bool) -> dict:
+    """examples/train_reward_model.py on the job; its per-step loss, lr, gradient norm, time and real tokens."""
+    name = "nemo_hs2_packed" if packed else "nemo_hs2"
+    print(f"[{name}] {steps} steps of {args.global_batch} pairs", flush=True)
+    run_dir = work / name
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists: use a new --workdir (each run starts from scratch)")
+    cmd = [sys.executable, "examples/train_reward_model.py",
+           *nemo_overrides(args, nemo, pairs_file, steps, run_dir), f"data.packing={str(packed).lower()}"]
+    _, rss, load = run_child(cmd, work / f"{name}.log", env)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    out = []
+    for r in metrics["train_history"]:
+        batch = ids["train"][r["step"] * args.global_batch:(r["step"] + 1) * args.global_batch]
+        out.append({"step": r["step"], "loss": r["loss"], "lr": r["lr"], "grad_norm": r.get("grad_norm"),
+                    "step_s": r["step_time"], "tokens": sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in batch)})
+    final = metrics["final_validation"]
+    validation = {"accuracy": final["preference_acc"], "bt_loss": final["bt_loss"],
+                  "pairs": int(final["preference_pairs"])}
+    return {"steps": out, "rss": rss, "validation": validation, "load": load, "command": shlex.join(cmd)}
+
+
+def curve_differences(a: list[dict], b: list[dict]) -> dict:
+    rel = [abs(x["grad_norm"] - y["grad_norm"]) / max(abs(y["grad_norm"]), 1e-12)
+           for x, y in zip(a, b) if x.get("grad_norm") is not None and y.get("grad_norm") is not None]
+    return {"loss": max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b)), "loss_step0": abs(a[0]["loss"] - b[0]["loss"]),
+            "lr": max(abs(x["lr"] - y["lr"]) for x, y in zip(a, b)), "grad_norm_rel": max(rel) if rel else float("nan")}
 
 
 # ------------------------------------------------------------------------------------------------ the numbers
@@ -289,25 +323,32 @@ def system_summary(steps: list[dict], rss: float, validation: dict, load: str) -
 
 
 def report(summary: dict) -> str:
-    nemo, trl = summary["steps"]["nemo_hs2"], summary["steps"]["trl"]
-    lines = ["| step | nemo_hs2 loss | TRL loss | |diff| | nemo_hs2 lr | TRL lr | nemo_hs2 grad norm | TRL grad norm |",
-             "|---|---|---|---|---|---|---|---|"]
-    for a, b in zip(nemo, trl):
-        lines.append(f"| {a['step']} | {a['loss']:.6f} | {b['loss']:.6f} | {abs(a['loss'] - b['loss']):.2e} | "
-                     f"{a['lr']:.3e} | {b['lr']:.3e} | {a.get('grad_norm', float('nan')):.4f} | "
-                     f"{b.get('grad_norm', float('nan')):.4f} |")
-    d = summary["differences"]
-    lines.append(f"largest |loss diff| {d['loss']:.2e} (step 0: {d['loss_step0']:.2e}), largest |lr diff| "
-                 f"{d['lr']:.2e}, largest relative grad-norm diff {d['grad_norm_rel']:.2e}")
+    names = [n for n in summary["steps"] if n != "trl"]
+    steps = summary["steps"]
+    head = " | ".join(f"{n} loss" for n in names)
+    lines = [f"| step | {head} | TRL loss | nemo_hs2 - TRL | lr (all) | " + " | ".join(f"{n} grad norm" for n in names)
+             + " | TRL grad norm |", "|---" * (5 + 2 * len(names)) + "|---|"]
+    for i, b in enumerate(steps["trl"]):
+        rows = [steps[n][i] for n in names]
+        lrs = {f"{x['lr']:.3e}" for x in (*rows, b)}
+        lines.append(f"| {b['step']} | " + " | ".join(f"{x['loss']:.6f}" for x in rows) + f" | {b['loss']:.6f} | "
+                     f"{rows[0]['loss'] - b['loss']:+.2e} | {' / '.join(sorted(lrs))} | "
+                     + " | ".join(f"{x.get('grad_norm') or float('nan'):.4f}" for x in rows)
+                     + f" | {b.get('grad_norm', float('nan')):.4f} |")
+    for name, d in summary["differences"].items():
+        against = "" if " vs " in name else " vs TRL"
+        lines.append(f"{name}{against}: largest |loss diff| {d['loss']:.2e} (step 0: {d['loss_step0']:.2e}), "
+                     f"largest |lr diff| {d['lr']:.2e}, largest relative grad-norm diff {d['grad_norm_rel']:.2e}")
     lines += ["", "| system | steps | median step s | real tokens/s | peak RSS GiB | held-out accuracy | held-out BT "
               "loss | load avg before |", "|---|---|---|---|---|---|---|---|"]
     for name, s in summary["systems"].items():
         lines.append(f"| {name} | {s['steps']} | {s['median_step_s']:.2f} | {s['real_tok_s']:.0f} | "
                      f"{s['peak_rss_gib']:.2f} | {s['accuracy']:.3f} ({s['validation_pairs']} pairs) | "
                      f"{s['bt_loss']:.4f} | {s['load_before']} |")
-    r = summary["ratios"]
-    lines.append(f"nemo_hs2 / TRL: real tokens/s {r['real_tok_s']:.2f}x, peak RSS {r['peak_rss']:.2f}x "
-                 f"(TRL {summary['trl_versions']}, gradient checkpointing {summary['trl_gradient_checkpointing']})")
+    for name, r in summary["ratios"].items():
+        lines.append(f"{name} / TRL: real tokens/s {r['real_tok_s']:.2f}x, peak RSS {r['peak_rss']:.2f}x")
+    lines.append(f"TRL {summary['trl_versions']}, gradient checkpointing {summary['trl_gradient_checkpointing']}, "
+                 f"{summary['trl_threads']} threads")
     lines.append(f"data: {json.dumps(summary['data'])}; load average after: {summary['load_after']}")
     return "\n".join(lines)
 
@@ -333,10 +374,11 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of both runs")
     p.add_argument("--packing", action="store_true", help="nemo_hs2 with data.packing=true")
+    p.add_argument("--also-packed", action="store_true", help="nemo_hs2 once more, with data.packing=true")
     p.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="TRL's RewardConfig default is on")
-    p.add_argument("--trl-python", help="the TRL environment's python (default: scripts/trl_env.sh builds it)")
-    p.add_argument("--smoke", action="store_true", help="2 layers, 3 steps, <= 256 tokens, 60 rows")
+    p.add_argument("--trl-python", help="the TRL environment's python (default: scripts/ecosystem_env.sh builds it)")
+    p.add_argument("--smoke", action="store_true", help="2 layers, 3 steps, <= 256 tokens, 120 rows")
     p.add_argument("--trl-worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.trl_worker:
@@ -360,10 +402,7 @@ def main(argv=None) -> dict:
     steps = min(train_pairs // args.global_batch, args.max_steps or train_pairs)
     if steps < 2:
         raise SystemExit(f"{train_pairs} training pairs fit {args.seq_length} tokens: fewer than 2 global batches")
-    run_dir = work / "nemo_hs2"
-    if run_dir.exists():
-        raise SystemExit(f"{run_dir} exists: use a new --workdir (each run starts from scratch)")
-    ids = nemo_pairs(args, nemo, pairs_file, steps, run_dir)
+    ids = nemo_pairs(args, nemo, pairs_file, steps, work / "nemo_hs2")
     talk = conversations(pairs_file)
     spec = {"hf_dir": str(work / "hf_start"), "workdir": str(work / "trl"), "micro_batch": args.micro_batch,
             "global_batch": args.global_batch, "lr": args.lr, "min_lr": args.min_lr, "betas": list(args.betas),
@@ -373,21 +412,7 @@ def main(argv=None) -> dict:
             "validation": [{**c, **i} for c, i in zip(talk["validation"], ids["validation"])]}
     (work / "trl_spec.json").write_text(json.dumps(spec))
 
-    print(f"[nemo_hs2] {steps} steps of {args.global_batch} pairs", flush=True)
-    nemo_cmd = [sys.executable, "examples/train_reward_model.py",
-                *nemo_overrides(args, nemo, pairs_file, steps, run_dir)]
-    _, nemo_rss, nemo_load = run_child(nemo_cmd, work / "nemo_hs2.log", env)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    nemo_steps = []
-    for r in metrics["train_history"]:
-        batch = ids["train"][r["step"] * args.global_batch:(r["step"] + 1) * args.global_batch]
-        nemo_steps.append({"step": r["step"], "loss": r["loss"], "lr": r["lr"], "grad_norm": r.get("grad_norm"),
-                           "step_s": r["step_time"],
-                           "tokens": sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in batch)})
-    final = metrics["final_validation"]
-    nemo_val = {"accuracy": final["preference_acc"], "bt_loss": final["bt_loss"], "pairs": final["preference_pairs"]}
-
-    print(f"[trl] the same {steps} steps", flush=True)
+    print(f"[trl] {steps} steps of {args.global_batch} pairs", flush=True)
     _, trl_rss, trl_load = run_child([peer_python, str(Path(__file__).resolve()), "--trl-worker",
                                       str(work / "trl_spec.json"), str(work / "trl.json")], work / "trl.log", env)
     trl = json.loads((work / "trl.json").read_text())
@@ -395,31 +420,35 @@ def main(argv=None) -> dict:
         if check["count"] or check["pairs"] != check["expected"]:
             raise SystemExit(f"{split}: TRL's token ids differ from nemo_hs2's: {json.dumps(check)[:2000]}")
 
-    pairs_of = list(zip(nemo_steps, trl["steps"]))
-    if len(nemo_steps) != steps or len(trl["steps"]) != steps:
-        raise SystemExit(f"steps: nemo_hs2 {len(nemo_steps)}, TRL {len(trl['steps'])}, wanted {steps}")
-    for a, b in pairs_of:
+    runs = {"nemo_hs2": run_nemo(args, nemo, pairs_file, steps, work, env, ids, packed=args.packing)}
+    if args.also_packed and not args.packing:
+        runs["nemo_hs2 packed"] = run_nemo(args, nemo, pairs_file, steps, work, env, ids, packed=True)
+
+    runs["trl"] = {"steps": trl["steps"], "rss": trl_rss, "validation": trl["validation"], "load": trl_load,
+                   "command": None}  # last in the tables, first to run: a token-id mismatch stops the job early
+    for name, run in runs.items():
+        if len(run["steps"]) != steps:
+            raise SystemExit(f"{name} ran {len(run['steps'])} steps, wanted {steps}")
+    for a, b in zip(runs["nemo_hs2"]["steps"], trl["steps"]):
         if a["tokens"] != b["tokens"]:
             raise SystemExit(f"step {a['step']}: {a['tokens']} tokens in nemo_hs2's batch, {b['tokens']} in TRL's")
-    systems = {"nemo_hs2": system_summary(nemo_steps, nemo_rss, nemo_val, nemo_load),
-               "trl": system_summary(trl["steps"], trl_rss, trl["validation"], trl_load)}
-    grad_rel = [abs(a["grad_norm"] - b["grad_norm"]) / max(abs(b["grad_norm"]), 1e-12)
-                for a, b in pairs_of if a.get("grad_norm") is not None and b.get("grad_norm") is not None]
+    systems = {name: system_summary(r["steps"], r["rss"], r["validation"], r["load"]) for name, r in runs.items()}
+    differences = {name: curve_differences(r["steps"], trl["steps"]) for name, r in runs.items() if name != "trl"}
+    if "nemo_hs2 packed" in runs:
+        differences["nemo_hs2 packed vs unpacked"] = curve_differences(runs["nemo_hs2 packed"]["steps"],
+                                                                       runs["nemo_hs2"]["steps"])
     summary = {
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
         "data": {"source": str(args.data), "seq_length": args.seq_length, **counts, "steps": steps,
                  "global_batch": args.global_batch, "micro_batch": args.micro_batch, "layers": args.layers,
                  "packing": args.packing},
-        "steps": {"nemo_hs2": nemo_steps, "trl": trl["steps"]}, "systems": systems,
-        "differences": {"loss": max(abs(a["loss"] - b["loss"]) for a, b in pairs_of),
-                        "loss_step0": abs(pairs_of[0][0]["loss"] - pairs_of[0][1]["loss"]),
-                        "lr": max(abs(a["lr"] - b["lr"]) for a, b in pairs_of),
-                        "grad_norm_rel": max(grad_rel) if grad_rel else float("nan")},
-        "ratios": {"real_tok_s": systems["nemo_hs2"]["real_tok_s"] / systems["trl"]["real_tok_s"],
-                   "peak_rss": systems["nemo_hs2"]["peak_rss_gib"] / systems["trl"]["peak_rss_gib"]},
+        "steps": {name: r["steps"] for name, r in runs.items()}, "systems": systems, "differences": differences,
+        "ratios": {name: {"real_tok_s": s["real_tok_s"] / systems["trl"]["real_tok_s"],
+                          "peak_rss": s["peak_rss_gib"] / systems["trl"]["peak_rss_gib"]}
+                   for name, s in systems.items() if name != "trl"},
         "trl_versions": trl["versions"], "trl_gradient_checkpointing": trl["gradient_checkpointing"],
         "trl_threads": trl["threads"], "load_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-        "nemo_command": shlex.join(nemo_cmd)}
+        "nemo_commands": {name: r["command"] for name, r in runs.items() if r["command"]}}
     (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(report(summary))
     print(f"wrote {work / 'summary.json'}")

@@ -12,7 +12,14 @@ between them) and trains one model for the same steps on the same rows (the shar
 * ours: rows from ``nemo_hs2.data`` (tokenized once), each micro-batch cut to its longest row (rounded to 8); under
   PP the stages exchange each micro-batch's shape first (megatron-core's ``variable_seq_lengths``);
 * ours-batch-width (``--batch-width``, PP > 1): ours with every micro-batch at its global batch's longest row, which
-  is what nemo_hs2 did under PP before per-micro-batch widths.
+  is what nemo_hs2 did under PP before per-micro-batch widths;
+* ours-packed (``--packing``): ours with ``data.packing=true`` on the dense (CPU) path: each micro-batch's rows end to
+  end in rows no wider than its longest row, or ``--pack-length`` tokens where that is more; each row attends only
+  to itself.
+
+``--pairs`` trains the Bradley-Terry loss on preference pairs instead (the rows paired by prompt, chosen = higher
+helpfulness, ties skipped; a micro-batch counts pairs, two rows each), as ``data=*_preference`` does; stock has no
+pair mode here and is left out.
 
 All modes use the same ``AttributeRewardModel`` training step (forward, backward, AdamW step) and the same batches
 of row indices, drawn by the training sampler: length-grouped (``data.length_grouped=true``) or random
@@ -171,16 +178,28 @@ def batch_order(lengths, mbs, gbs, grouped, seed, group_size=64):
     return [list(b) for b in build_train_sampler(data_cfg, Rows(), 0, mbs, gbs, 0, 1, seed)]
 
 
-def epoch_fraction(lengths, mbs, gbs, grouped, seed, multiple=8, group_size=64):
-    """Real / padded tokens over one epoch of training batches, each micro-batch cut to its longest row."""
+def epoch_fraction(lengths, mbs, gbs, grouped, seed, multiple=8, group_size=64, rows=None, pack=False,
+                   pack_length=None):
+    """Real / padded tokens over one epoch of training batches, each micro-batch cut to its longest row (or packed).
+
+    ``lengths`` are the samples' (a pair's: its longer row); ``rows``, when given, the rows' token counts per
+    sample ([samples, 2] for pairs), which is what a micro-batch holds."""
+    from nemo_hs2.data import packing
     from nemo_hs2.data.dataset import pad_length
 
     lengths = np.asarray(lengths)
+    per_sample = lengths[:, None] if rows is None else np.asarray(rows)
     real = padded = 0
     for batch in batch_order(lengths, mbs, gbs, grouped, seed, group_size):
         for mb in np.asarray(batch).reshape(-1, mbs):
-            real += int(lengths[mb].sum())
-            padded += len(mb) * pad_length(int(lengths[mb].max()), multiple)
+            row_lengths = per_sample[mb].reshape(-1)
+            real += int(row_lengths.sum())
+            if pack:
+                count, width = packing.packed_width(
+                    row_lengths.tolist(), packing.dense_capacity(row_lengths, pack_length, multiple), multiple)
+                padded += count * width
+            else:
+                padded += len(row_lengths) * pad_length(int(row_lengths.max()), multiple)
     return real / padded
 
 
@@ -232,35 +251,46 @@ def stock_batches(examples, tokenizer, seq_length, order, tmp: Path):
                "pair_ids": torch.full((len(items),), -1)}
 
 
-def padded_tokens(batch, mbs, multiple, batch_width=False):
-    """Tokens the model runs on when each micro-batch is cut to its longest row rounded up to ``multiple``
-    (``batch_width``: every micro-batch at the global batch's width)."""
-    total = 0
-    for start in range(0, len(batch["lengths"]), mbs):
-        longest = int((batch["lengths"] if batch_width else batch["lengths"][start:start + mbs]).max())
-        total += mbs * min(int(np.ceil(longest / multiple) * multiple), batch["inputs"].shape[1])
-    return total
+def micro_batch_shapes(batch, rows, multiple, layout="trim", pack_length=None):
+    """(rows, width) the model runs each micro-batch of ``rows`` rows at: cut to its longest row rounded up to
+    ``multiple`` (trim), every one at the global batch's width (batch_width), packed (nemo_hs2.data.packing) or
+    at the collated width (full: the stock layout)."""
+    from nemo_hs2.data import packing
+
+    lengths = batch["lengths"].tolist()
+    full = batch["inputs"].shape[1]
+    out = []
+    for start in range(0, len(lengths), rows):
+        mb = lengths[start:start + rows]
+        if layout == "packed":  # the dense path (THD's one sequence per micro-batch is the GPU's)
+            out.append(packing.packed_width(mb, packing.dense_capacity(mb, pack_length, multiple), multiple))
+            continue
+        longest = max(lengths) if layout == "batch_width" else max(mb)
+        out.append((len(mb), full if layout == "full" else min(int(np.ceil(longest / multiple) * multiple), full)))
+    return out
 
 
-def train_flops(batch, mbs, multiple, cfg, num_attributes):
-    """Model FLOPs of one training step (fwd + bwd = 3x fwd) on the padded micro-batches; no LM output layer."""
+def train_flops(shapes, cfg, num_attributes):
+    """Model FLOPs of one training step (fwd + bwd = 3x fwd) on these micro-batch shapes; no LM output layer. A
+    packed row's attention is counted at its whole width (the dense path computes it; THD would not)."""
     h, layers, ffn = cfg.model.hidden_size, cfg.model.num_layers, cfg.model.ffn_hidden_size
     per_token_layer = 2 * (4 * h * h + 2 * h * ffn)  # QKV + proj, two FFN matmuls
     flops = 0
-    for start in range(0, len(batch["lengths"]), mbs):
-        longest = int(batch["lengths"][start:start + mbs].max())
-        s = min(int(np.ceil(longest / multiple) * multiple), batch["inputs"].shape[1])
-        fwd = mbs * s * layers * per_token_layer + mbs * layers * 2 * 2 * s * s * h + mbs * 2 * h * num_attributes
+    for rows, s in shapes:
+        fwd = rows * s * layers * per_token_layer + rows * layers * 2 * 2 * s * s * h + rows * 2 * h * num_attributes
         flops += 3 * fwd
     return flops
 
 
-def run_mode(name, batches, model, optimizer, args, cfg, multiple, variable=True):
+def run_mode(name, batches, model, optimizer, args, cfg, multiple, variable=True, packed=False):
     import torch
 
     cuda = args.device == "cuda"
     model.pad_to_multiple = multiple
     model.variable_widths = variable
+    model.packing, model.pack_length = packed, args.pack_length
+    rows = args.micro_batch * (2 if args.pairs else 1)
+    layout = "packed" if packed else "trim" if variable else "batch_width" if multiple < args.seq_length else "full"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times, real, padded, flops = [], 0, 0, 0
@@ -278,9 +308,10 @@ def run_mode(name, batches, model, optimizer, args, cfg, multiple, variable=True
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
+            shapes = micro_batch_shapes(batch, rows, multiple, layout, args.pack_length)
             real += int(batch["lengths"].sum())
-            padded += padded_tokens(batch, args.micro_batch, multiple, batch_width=not variable)
-            flops += train_flops(batch, args.micro_batch, multiple, cfg, 5)
+            padded += sum(r * w for r, w in shapes)
+            flops += train_flops(shapes, cfg, 5)
         if torch.distributed.get_rank() == 0:
             print(f"  PP={args.layout_pp} {name} step {step}: {time.perf_counter() - t0:.2f} s", flush=True)
     total = sum(times)
@@ -313,32 +344,70 @@ def shape_exchange_cost(model, iters=200):
     return (time.perf_counter() - t0) / iters
 
 
+def preference_pairs(examples):
+    """Every two rated responses to one prompt whose helpfulness differs, chosen first: (rows, strengths)."""
+    from nemo_hs2.data.rows import Example
+
+    by_prompt = {}
+    for ex in examples:
+        if "helpfulness" in ex.labels:
+            by_prompt.setdefault(ex.prompt, []).append(ex)
+    rows, strengths = [], []
+    for rated in by_prompt.values():
+        for i, a in enumerate(rated):
+            for b in rated[i + 1:]:
+                if a.labels["helpfulness"] == b.labels["helpfulness"]:
+                    continue
+                chosen, rejected = (a, b) if a.labels["helpfulness"] > b.labels["helpfulness"] else (b, a)
+                pair_id = len(strengths)
+                rows += [Example(chosen.conversation, chosen.labels, pair_id=pair_id),
+                         Example(rejected.conversation, rejected.labels, pair_id=pair_id)]
+                strengths.append(-1.0)  # negative: response_1 (the chosen row) is preferred
+    return rows, np.asarray(strengths)
+
+
 def worker(args) -> int:
     import torch
 
     from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES
+    from nemo_hs2.core.render import Renderer
     from nemo_hs2.data.dataset import Collator, tokenize_examples
+    from nemo_hs2.data.preference import PairCollator, PairDataset
     from nemo_hs2.data.sources import read_examples
 
     examples, _ = read_examples(args.data, list(HELPSTEER2_ATTRIBUTES))
     tokenizer, tok_name = load_tokenizer(args)
     cfg, model, optimizer = build_model(args, tokenizer.vocab_size, args.override)
     gbs = args.micro_batch * args.micro_batches
-    ds, _ = tokenize_examples(examples, tokenizer, list(HELPSTEER2_ATTRIBUTES), max_length=args.seq_length)
-    if len(ds) != len(examples):
-        raise RuntimeError(f"{len(examples) - len(ds)} rows were dropped: stock and ours would see different rows")
+    renderer = Renderer("steerlm", tokenizer)
+    if args.pairs:
+        model.loss_name = "regular_bt"
+        pair_rows, strengths = preference_pairs(examples)
+        rows_ds, _ = tokenize_examples(pair_rows, renderer, list(HELPSTEER2_ATTRIBUTES), max_length=args.seq_length)
+        ds = PairDataset(rows_ds, strengths)
+        row_lengths = rows_ds.lengths().reshape(-1, 2)
+        collate = PairCollator(tokenizer.eos_id, pad_to_multiple=8)
+    else:
+        ds, _ = tokenize_examples(examples, renderer, list(HELPSTEER2_ATTRIBUTES), max_length=args.seq_length)
+        if len(ds) != len(examples):
+            raise RuntimeError(f"{len(examples) - len(ds)} rows were dropped: stock and ours would see different rows")
+        row_lengths = None
+        collate = Collator(tokenizer.eos_id, pad_to_multiple=8)
     order = batch_order(ds.lengths(), args.micro_batch, gbs, args.length_grouped, args.seed)
-    collate = Collator(tokenizer.eos_id, pad_to_multiple=8)
     pp = args.layout_pp
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(run_mode("ours", (collate([ds[int(i)] for i in b]) for b in order), model, optimizer, args,
                              cfg, multiple=8))
+        if args.packing:
+            rows.append(run_mode("ours-packed", (collate([ds[int(i)] for i in b]) for b in order), model, optimizer,
+                                 args, cfg, multiple=8, packed=True))
         if args.batch_width and pp > 1:
             rows.append(run_mode("ours-batch-width", (collate([ds[int(i)] for i in b]) for b in order), model,
                                  optimizer, args, cfg, multiple=8, variable=False))
-        rows.append(run_mode("stock", stock_batches(examples, tokenizer, args.seq_length, order, Path(tmp)),
-                             model, optimizer, args, cfg, multiple=args.seq_length, variable=False))
+        if not args.pairs:
+            rows.append(run_mode("stock", stock_batches(examples, tokenizer, args.seq_length, order, Path(tmp)),
+                                 model, optimizer, args, cfg, multiple=args.seq_length, variable=False))
     exchange = shape_exchange_cost(model) if pp > 1 else None
     peaks = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(peaks, [r["peak_gib"] for r in rows])
@@ -347,9 +416,12 @@ def worker(args) -> int:
             r["peak_gib"] = max(p[i] for p in peaks)  # the largest rank
         info = {"rows": rows, "tokenizer": tok_name, "params": sum(p.numel() for p in model.parameters()),
                 "pp": pp, "tp": args.tp, "num_microbatches": args.micro_batches,
-                "shape_exchange_s": exchange, "examples": len(examples),
+                "shape_exchange_s": exchange, "examples": len(examples), "samples": len(ds),
                 "epoch_fraction": {name: epoch_fraction(ds.lengths(), args.micro_batch, gbs, name == "grouped",
-                                                        args.seed) for name in ("random", "grouped")}}
+                                                        args.seed, rows=row_lengths) for name in ("random", "grouped")}}
+        info["epoch_fraction"]["random packed"] = epoch_fraction(
+            ds.lengths(), args.micro_batch, gbs, False, args.seed, rows=row_lengths, pack=True,
+            pack_length=args.pack_length)
         Path(args.worker_out).write_text(json.dumps(info))
     torch.distributed.barrier()
     return 0
@@ -380,20 +452,25 @@ def launch(args, argv, pp: int, out: Path) -> dict:
 
 def report(args, results):
     first = results[0]
+    unit = f"pairs ({first['samples']}, BT loss)" if args.pairs else "rows"
+    packed = f", packed rows of <= max({args.pack_length}, longest row) tokens" if args.packing and args.pack_length \
+        else (", packed rows no wider than the longest row" if args.packing else "")
     print(f"\n{args.size} model ({first['params'] / 1e6:.1f}M parameters per rank incl. embedding, at the first "
           f"layout), {first['tokenizer']}, seq_length {args.seq_length}, micro-batch {args.micro_batch} x "
-          f"{args.micro_batches}, {'length-grouped' if args.length_grouped else 'random'} batches, {args.steps} "
-          f"measured steps after {args.warmup} warm-up, {args.device}, {first['examples']} rows from {args.data}")
+          f"{args.micro_batches} {unit}, {'length-grouped' if args.length_grouped else 'random'} batches{packed}, "
+          f"{args.steps} measured steps after {args.warmup} warm-up, {args.device}, {first['examples']} rows from "
+          f"{args.data}; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     cols = ["step_s", "real_tok_s", "padded_tok_s", "real_frac", "peak_gib"]
     cols += ["tflops", "mfu"] if args.device == "cuda" else []
-    print("| layout | mode | " + " | ".join(cols) + " | real tok/s vs stock |")
+    base = "ours" if args.pairs else "stock"
+    print("| layout | mode | " + " | ".join(cols) + f" | real tok/s vs {base} |")
     print("|" + "---|" * (len(cols) + 3))
     for res in results:
-        stock = next(r for r in res["rows"] if r["mode"] == "stock")
+        ref = next(r for r in res["rows"] if r["mode"] == base)
         for r in res["rows"]:
             cells = [f"{r[c]:.3f}" for c in cols]
             print(f"| TP={res['tp']} PP={res['pp']} | {r['mode']} | " + " | ".join(cells)
-                  + f" | {r['real_tok_s'] / stock['real_tok_s']:.2f}x |")
+                  + f" | {r['real_tok_s'] / ref['real_tok_s']:.2f}x |")
     for res in results:
         if res["shape_exchange_s"] is not None:
             ours = next(r for r in res["rows"] if r["mode"] == "ours")
@@ -404,8 +481,9 @@ def report(args, results):
     if args.device == "cpu":
         print("(peak_gib on CPU is the largest rank's max RSS)")
     ef = first["epoch_fraction"]
-    print(f"ours' real-token fraction over a whole epoch of these rows, micro-batch {args.micro_batch}: random "
-          f"{ef['random']:.3f}, length-grouped {ef['grouped']:.3f}")
+    print(f"ours' real-token fraction over a whole epoch of these {'pairs' if args.pairs else 'rows'}, micro-batch "
+          f"{args.micro_batch}: random {ef['random']:.3f}, length-grouped {ef['grouped']:.3f}, random packed "
+          f"{ef['random packed']:.3f}")
     fractions, (default_grouped, mbs, gbs, rows) = default_config_fractions(args.seed)
     print(f"default training config (demo set, byte-level, micro-batch {mbs}, global batch {gbs}, {rows} rows, "
           f"data.length_grouped={str(default_grouped).lower()}): real-token fraction over an epoch "
@@ -423,6 +501,10 @@ def parse_args(argv):
     p.add_argument("--length-grouped", action=argparse.BooleanOptionalAction, default=True,
                    help="draw batches with the length-grouped sampler (data.length_grouped=true) or randomly")
     p.add_argument("--batch-width", action="store_true", help="also run ours at batch width under PP")
+    p.add_argument("--packing", action="store_true", help="also run ours packed (data.packing=true)")
+    p.add_argument("--pack-length", type=int, default=None,
+                   help="tokens per packed row at most (data.pack_length; default: the micro-batch's longest row)")
+    p.add_argument("--pairs", action="store_true", help="Bradley-Terry on preference pairs; micro-batches count pairs")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")

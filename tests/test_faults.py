@@ -427,6 +427,45 @@ def test_preemption_test_catches_a_rank_that_leaves_early(tmp_path):
     assert any("rank 1 did not agree" in v for v in found), found
 
 
+SIGNAL_STORM = """
+import os, signal, threading, time
+if __name__ == "__main__":  # the Manager server is spawned: it re-imports this file
+    from nemo_hs2.megatron import compat
+    compat.apply()
+    import megatron.core.dist_checkpointing.strategies.filesystem_async as fs
+    got = []
+    for s in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(s, lambda n, f: got.append(n))  # the trainer's handlers (faults.PreemptionTimer)
+    stop = threading.Event()
+    def storm():
+        while not stop.is_set():
+            for s in (signal.SIGUSR1, signal.SIGTERM):
+                os.killpg(0, s)  # every process of the group, as slurmstepd signals a step
+            time.sleep(0.005)
+    thread = threading.Thread(target=storm)
+    thread.start()
+    try:
+        queue = fs._get_write_results_queue()
+        queue.put("ok")
+        print(queue.get(), "after", len(got), "signals", flush=True)
+    finally:
+        stop.set()
+        thread.join()
+"""
+
+
+def test_step_signals_while_the_checkpoint_helper_starts_do_not_kill_it(tmp_path):
+    """The first save spawns megatron-core's results-queue server; a pre-emption signal in the instant before its
+    initializer ignores such signals killed it, and the save failed with EOFError (seen on the two-node cluster:
+    USR1 sent while the first checkpoint was being written; exit 1, then a requeue loop). Signals every 5 ms
+    through the start: the queue must work."""
+    script = tmp_path / "storm.py"
+    script.write_text(SIGNAL_STORM)
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300, start_new_session=True)
+    assert proc.returncode == 0 and "\nok after " in f"\n{proc.stdout}", proc.stdout + proc.stderr[-3000:]
+
+
 def process_state(pid):
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rindex(")") + 2]

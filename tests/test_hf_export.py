@@ -14,6 +14,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from nemo_hs2.core.attributes import HELPSTEER2_ATTRIBUTES
 from nemo_hs2.core.conversation import Conversation
 from nemo_hs2.core.render import DEFAULT_SYSTEM, Renderer, steerlm_chat_template
 from nemo_hs2.hf import mapping as hf
@@ -23,7 +24,8 @@ from tests.hf import tiny_models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "parallel", "hf_export_parity.py")
 TOL = 1e-4
-FAMILIES = ("llama3", "llama31", "nemotron")
+FAMILIES = ("llama3", "llama31", "llama32", "nemotron")
+SP_WRITER = os.path.join(ROOT, "tests", "hf", "aligner_sentencepiece.py")
 
 
 # ------------------------------------------------------------------------------------------------ fast
@@ -86,11 +88,13 @@ def test_shards_hold_every_tensor_once_within_the_size_and_are_indexed(tmp_path)
 
 
 def test_tokenizer_without_a_hugging_face_form_is_refused():
-    class Model:
-        tokenizer = object()
-        cfg = OmegaConf.create({"tokenizer": {"library": "sentencepiece"}})
+    from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
 
-    with pytest.raises(hf.UnsupportedModel, match="library='sentencepiece'"):
+    class Model:
+        tokenizer = ByteLevelTokenizer()
+        cfg = OmegaConf.create({"tokenizer": {"library": "tiktoken"}, "encoder_seq_length": 512})
+
+    with pytest.raises(hf.UnsupportedModel, match="library='tiktoken'"):
         hf_export.export_tokenizer(Model())
 
 
@@ -141,7 +145,8 @@ def parity(tmp_path_factory):
     (tmp / "rb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rewardbench_test_rows()))
     demo_helpsteer2_file(tmp / "hs2.jsonl")
     results = _worker(tmp, tmp / "parity.json", [*[a for f in FAMILIES for a in ("--family", f)],
-                                                  "--hf-chat", "llama31", "--evaluate", "llama31", "--round-trip"])
+                                                  "--hf-chat", "llama31", "--hf-chat", "llama32",
+                                                  "--evaluate", "llama31", "--round-trip"])
     return tmp, results
 
 
@@ -157,6 +162,8 @@ def test_exported_model_scores_as_the_nemo(parity, family, head):
     assert e["class"] == {"nemotron": "NemotronForSequenceClassification"}.get(family, "LlamaForSequenceClassification")
     assert e["same_tokens"]  # the exported chat template renders what training tokenized
     assert e["reward_diff"] <= TOL and e.get("attr_diff", 0.0) <= TOL
+    # the model card's own snippet, run as written: the .nemo's scores (with the recorded bias where unfolded)
+    assert e["card_reward_diff"] <= TOL and e.get("card_attr_diff", 0.0) <= TOL
     assert e["num_labels"] == (5 if head == "attributes" else 1)
     assert e["shards"] == 1 if head == "attributes" else e["shards"] > 3  # reward mode: sharded, loaded via the index
     assert max(abs(b) for b in r["bias"]) > 0.1  # the head bias is really exercised
@@ -165,19 +172,22 @@ def test_exported_model_scores_as_the_nemo(parity, family, head):
     else:  # RMSNorm has no bias and the HF score layer none: the raw logits are off by the recorded bias
         assert not e["bias_folded"] and e["raw_logit_offset"] > 1e-2
     assert parity["llama31"]["template"] == "hf_chat" and parity["llama3"]["template"] == "steerlm"
+    assert parity["llama32"]["template"] == "hf_chat"  # Llama 3.2's factor-32 RoPE, tied embeddings
 
 
 def _check(r, head):
     e = r[head]
     assert e["same_tokens"] and e["reward_diff"] <= TOL and e.get("attr_diff", 0.0) <= TOL, (head, r)
+    assert e["card_reward_diff"] <= TOL and e.get("card_attr_diff", 0.0) <= TOL, (head, r)
 
 
 @pytest.mark.slow
 def test_tp2_and_pp2_trained_sources_are_merged_on_export(parity):
-    """A few training steps at TP=2 (Llama 3) and PP=2 (Nemotron) from the imported models, then export."""
+    """A few training steps at TP=2 (Llama 3.2: factor-32 RoPE, tied embeddings) and PP=2 (Nemotron) from the
+    imported models, then export."""
     tmp, _ = parity
     nemos = []
-    for family, layout, port in (("llama3", "model.tensor_model_parallel_size=2", 29941),
+    for family, layout, port in (("llama32", "model.tensor_model_parallel_size=2", 29941),
                                  ("nemotron", "model.pipeline_model_parallel_size=2", 29942)):
         log_dir = tmp / f"train_{family}"
         _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
@@ -256,3 +266,39 @@ def test_round_trip_import_of_the_export_scores_the_same(parity, family):
     rt = results[family]["round_trip"]
     print(f"{family} round trip: reward {rt['reward_diff']:.2e} attributes {rt['attr_diff']:.2e}")
     assert rt["reward_diff"] <= TOL and rt["attr_diff"] <= TOL
+
+
+@pytest.mark.slow
+def test_nemo_aligner_sentencepiece_rm_exports_and_scores_as_the_nemo(tmp_path):
+    """NVIDIA's kind of .nemo RM: NeMo-Aligner's own 9-slot regression model, Nemotron-4's architecture and
+    SentencePiece tokenizer (tests/hf/aligner_sentencepiece.py), exported with head_layout=aligner_9slot."""
+    _run([sys.executable, SP_WRITER, str(tmp_path)])
+    nemo = tmp_path / "aligner_sp.nemo"
+    r = _worker(tmp_path, tmp_path / "sp.json", ["--nemo", f"sp={nemo}", "--head-layout", "sp=aligner_9slot",
+                                                  "--reference", f"sp={tmp_path / 'reference.json'}",
+                                                  "--round-trip"])["sp"]
+    assert r["tokenizer_library"] == "sentencepiece" and r["template"] == "steerlm"
+    assert r["attribute_names"] == list(HELPSTEER2_ATTRIBUTES)  # slots 4-8, by name
+    # our .nemo scoring reads what NeMo-Aligner's infer computes, on the same ids
+    assert r["aligner_tokens_equal"] and r["nemo_vs_aligner"] <= TOL
+    print(f"sp: nemo vs NeMo-Aligner {r['nemo_vs_aligner']:.2e}, tokens {r['tokens'][0]}-{r['tokens'][-1]}")
+    for head in hf_export.HEADS:
+        e = r[head]
+        print(f"sp {head}: reward {e['reward_diff']:.2e} attributes {e.get('attr_diff')} "
+              f"vs NeMo-Aligner {e.get('aligner_diff')}")
+        _check(r, head)
+        assert e["class"] == "NemotronForSequenceClassification" and e["bias_folded"]
+    assert r["attributes"]["aligner_diff"] <= TOL  # the export's scores are NeMo-Aligner's own
+    rt = r["round_trip"]  # imported back: a .nemo with the converted (Hugging Face) tokenizer
+    assert rt["reward_diff"] <= TOL and rt["attr_diff"] <= TOL
+    # The command users run, with the head read by name: the same export as the worker's.
+    cli = tmp_path / "cli_reward"
+    _run([sys.executable, os.path.join(ROOT, "examples", "export_hf.py"), f"checkpoint={nemo}",
+          f"output_dir={cli}", "head_layout=aligner_9slot", "export.head=reward"], timeout=600)
+    import torch
+    from safetensors.torch import load_file
+
+    mine = {k: v for f in sorted((tmp_path / "sp" / "hf_reward").glob("*.safetensors")) for k, v in load_file(f).items()}
+    theirs = load_file(str(cli / "model.safetensors"))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert (cli / "tokenizer.json").read_text() == (tmp_path / "sp" / "hf_reward" / "tokenizer.json").read_text()

@@ -72,7 +72,9 @@ def real_texts() -> list[str]:
         texts += [row["prompt"], *row["chosen"], *row["rejected"]]
     for line in (ROOT / "tests" / "data" / "helpsteer3_sample.jsonl").read_text().splitlines():
         row = json.loads(line)
-        texts += [m["content"] for m in row["context"]] + [row["response1"], row["response2"]]
+        context = row["context"]  # a list of turns, or a plain string in some rows
+        texts += ([context] if isinstance(context, str) else [m["content"] for m in context])
+        texts += [row["response1"], row["response2"]]
     sample = SHARED_DATA / "helpsteer_sample_300.jsonl"
     if sample.exists():
         renderer = Renderer("steerlm", object())

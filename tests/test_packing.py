@@ -112,21 +112,27 @@ def run_harness(tmp_path, *extra, port=29471):
 
 @pytest.mark.slow
 def test_packed_equals_unpacked_and_a_broken_mask_or_end_index_is_caught(tmp_path):
-    """TP=1: packed (one row per micro-batch, and bins of 48 tokens) == unpacked within 1e-5 for the regression and
-    the Bradley-Terry loss (losses, predictions, every gradient, and inference); with the block-diagonal mask
+    """TP=1: packed (default bins, bins of 48 tokens, one row per micro-batch) == unpacked within 1e-5 for the
+    regression and the Bradley-Terry loss (losses, predictions, every gradient, and inference); with the block-diagonal mask
     replaced by a plain causal one, or the head reading one token early, the same check fails."""
     good = run_harness(tmp_path)
     for label, res in good.items():
         assert res["grad_tensors"] > 0 and {"regression/grads", "regular_bt/grads", "inference/pred"} <= res["diffs"].keys()
         assert max(res["diffs"].values()) <= TOL, (label, res)
+    assert set(good) == {"default", "bins", "one_row"}
     assert all(s[0] == 1 for s in good["one_row"]["packed_shapes"])
     assert any(s[0] == 1 for s in good["bins"]["packed_shapes"])  # a pair sharing a packed row (the mask matters)
     assert any(s[0] > 1 for s in good["bins"]["packed_shapes"])   # and one split over two
+    # the default never packs wider than trimming would cut (micro-batch rows 9..39 tokens: at most 40)
+    assert all(s[1] <= 40 for s in good["default"]["packed_shapes"])
     for mutation in ("mask", "ends"):
         broken = run_harness(tmp_path, "--packing-mutation", mutation)
         for label, res in broken.items():
+            if mutation == "mask" and res["max_rows_sharing"] == 1:
+                continue  # no packed row holds two rows: nothing for the mask to separate
             worst = max(v for k, v in res["diffs"].items() if k.endswith("/train_loss") or k.endswith("/grads"))
             assert worst > 100 * TOL, (mutation, label, res)
+        assert broken["one_row"]["max_rows_sharing"] > 1
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """TP / PP / DP / micro-batching give the same predictions, losses and gradients as one process (fp32, gloo).
 
 Each layout runs tests/parallel/harness.py under torchrun against the same reference weights and batch, for every
-loss variant. A head or loss sharded or normalised wrongly shows up as a difference far above the tolerance.
+loss variant. A head or loss sharded or normalised wrongly shows up as a difference far above the tolerance. Every
+layout also runs the batch packed (data.packing) and compares it with itself unpacked (tests/test_packing.py breaks
+the packed path on purpose to show that comparison fails).
 """
 
 import os
@@ -47,6 +49,23 @@ def test_inference_api_matches_the_training_path(reference):
     assert inference["reward_gap"] <= 1e-9
 
 
+def check_packing(results, losses):
+    """Packed (one row per micro-batch, and bins) == unpacked at this layout: losses, predictions, every gradient."""
+    for rank_result in results:
+        for label, res in rank_result["packing"].items():
+            diffs = res["diffs"]
+            assert res["grad_tensors"] > 0 and "inference/pred" in diffs
+            assert all(f"{loss}/grads" in diffs and f"{loss}/train_loss" in diffs for loss in losses), diffs
+            assert max(diffs.values()) <= TOL, (rank_result["layout"], label, res)
+            print(f"packed ({label}, shapes {res['packed_shapes']}) vs unpacked at {rank_result['layout']}: "
+                  f"max |diff| {max(diffs.values()):.2e}")
+    assert any("regression/pred" in res["diffs"] for r in results for res in r["packing"].values())
+
+
+def test_packing_single_process(reference):
+    check_packing([reference[2]], ("regression", "regular_bt"))
+
+
 def check_absolute_loss(results):
     """Reported loss == numpy masked MSE of the model's own predictions (on the ranks that hold them)."""
     checked = [r["absolute"] for r in results if r["absolute"] is not None]
@@ -83,6 +102,7 @@ def test_layout_matches_single_process(reference, layout):
             seen[key] = max(seen.get(key, 0.0), diff)
     print(f"\n{layout}: max |diff| = {max(seen.values()):.3e}")
     check_absolute_loss(results)  # e.g. tp2pp2: the last pipeline stage's TP ranks
+    check_packing(results, ("regression",) if layout == "mbs1" else ("regression", "regular_bt"))
     # Every loss variant was compared, and the gradients of the head and of a backbone layer were among them.
     losses = ("regression",) if layout == "mbs1" else ("regression", "regular_bt", "margin_bt", "scaled_bt",
                                                         "regression+bt")

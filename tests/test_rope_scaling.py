@@ -82,3 +82,39 @@ def test_a_preset_and_a_checkpoint_agree_on_what_is_applied():
                                 "rope_scaling": dict(rotary.LLAMA32_ROPE_SCALING)})
     with pytest.raises(ValueError, match="contradicts the checkpoint"):
         checkpoint_config.resolve(llama32, saved, "x.nemo", preset_chosen=True)
+
+
+# Meta's Llama-3.2-1B-Instruct config.json (as mirrored by unsloth/Llama-3.2-1B-Instruct); 3B differs where shown.
+LLAMA32_1B = {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "head_dim": 64, "hidden_act": "silu",
+              "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192,
+              "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama", "num_attention_heads": 32,
+              "num_hidden_layers": 16, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+              "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                               "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+              "rope_theta": 500000.0, "tie_word_embeddings": True, "vocab_size": 128256}
+LLAMA32_3B = {**LLAMA32_1B, "head_dim": 128, "hidden_size": 3072, "num_attention_heads": 24, "num_hidden_layers": 28}
+
+
+@pytest.mark.parametrize("name, hf_config", [("llama3_2_1b", LLAMA32_1B), ("llama3_2_3b", LLAMA32_3B)])
+def test_llama32_presets_are_what_the_import_writes(name, hf_config):
+    """A run with model=llama3_2_* from an imported Llama 3.2 .nemo: the preset agrees with the checkpoint on every
+    architecture field (otherwise the run stops naming it), RoPE scaling parameters included."""
+    from hydra import compose, initialize_config_dir
+
+    from nemo_hs2.hf.mapping import nemo_arch_config
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        run = compose(config_name="train_reward_model", overrides=[f"model={name}", "trainer=gpu"]).model
+    saved = OmegaConf.create(nemo_arch_config(hf_config))
+    checkpoint_config.resolve(run, saved, "llama-3.2.nemo", preset_chosen=True)  # raises on any contradiction
+    assert rotary.model_scaling(run)["factor"] == 32.0 and run.share_embeddings_and_output_weights
+
+
+def test_the_llama32_recipe_fits_one_gpu():
+    from tests.test_planner import CKPT, load, make_plan
+
+    p = make_plan(load("+recipe=hs2_llama3_2_1b", CKPT))
+    assert p.ok, p.errors
+    assert (p.layout.nodes, p.layout.tp, p.layout.pp) == (1, 1, 1) and p.memory["fits"] and p.memory["peak"] <= 80
+    assert p.params["reward_model"] == pytest.approx(1.236e9, rel=0.01)  # Llama-3.2-1B's 1.24B (tied embeddings)

@@ -21,7 +21,10 @@ FAKE = """#!/usr/bin/env bash
 """
 FAKES = {
     "sbatch": ("", 'echo "Submitted batch job 4242"'),
-    "srun": ('echo "MASTER_ADDR=$MASTER_ADDR"; echo "MASTER_PORT=$MASTER_PORT";', 'exit "${FAKE_SRUN_RC:-0}"'),
+    # FAKE_TASK_STATUS: what each task's wrapper records as its own exit status (task 0 first)
+    "srun": ('echo "MASTER_ADDR=$MASTER_ADDR"; echo "MASTER_PORT=$MASTER_PORT";',
+             'i=0; for s in ${FAKE_TASK_STATUS:-}; do echo "$s" > "$NEMO_HS2_STATUS_DIR/task-$i"; i=$((i + 1)); done\n'
+             'exit "${FAKE_SRUN_RC:-0}"'),
     "scontrol": ("", 'if [ "$1" = show ]; then printf "gpu001\\ngpu002\\n"; fi'),
 }
 
@@ -105,12 +108,14 @@ def test_submit_refuses_what_does_not_fit(fake_slurm):
     assert calls() == []
 
 
-def run_batch(fake_slurm, *overrides, srun_rc=0, restart=0):
+def run_batch(fake_slurm, *overrides, srun_rc=0, restart=0, task_status="", host=False):
     env, calls, tmp = fake_slurm
     env = {**env, "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[001-002]", "SLURM_JOB_NUM_NODES": "2",
            "SLURM_NTASKS_PER_NODE": "8", "SLURM_RESTART_COUNT": str(restart), "FAKE_SRUN_RC": str(srun_rc),
            "NEMO_HS2_IMAGE": "/img/nemo_hs2.sqsh", "NEMO_HS2_RESULTS": str(tmp / "results"),
-           "NEMO_HS2_RUN": "run1", "NEMO_HS2_MOUNTS": "/models:/models"}
+           "NEMO_HS2_RUN": "run1", "NEMO_HS2_MOUNTS": "/models:/models", "FAKE_TASK_STATUS": task_status}
+    if host:  # the tasks' status directory is then the host's own path
+        env.update(NEMO_HS2_MODE="host", NEMO_HS2_REPO=str(ROOT))
     out = subprocess.run(["bash", str(SLURM / "train_rm.sbatch"), *overrides], env=env, capture_output=True,
                          text=True, timeout=30)
     return out, calls()
@@ -154,3 +159,37 @@ def test_batch_script_requeues_on_preemption_and_stops_when_done(fake_slurm):
     fake_slurm[2].joinpath("calls.log").unlink()
     out, calls = run_batch(fake_slurm, "x=1", srun_rc=137)  # a rank SIGKILLed: srun ended the step; rerun
     assert ["scontrol", "requeue", "4242"] in calls
+
+
+def test_batch_script_judges_by_each_task_s_own_status(fake_slurm):
+    """One task's Python error, then srun --kill-on-bad-exit's SIGTERM (143) or a peer's exit 75 for the lost rank:
+    srun reports 143 or 75, but the job failed and a rerun would fail the same way."""
+    def requeued(calls):
+        return ["scontrol", "requeue", "4242"] in calls
+
+    log = fake_slurm[2] / "calls.log"
+    for srun_rc, statuses in ((143, "1 143"), (75, "75 1")):
+        out, calls = run_batch(fake_slurm, "x=1", srun_rc=srun_rc, task_status=statuses, host=True)
+        assert out.returncode == 1 and not requeued(calls), out.stdout + out.stderr
+        assert "a task failed (exit 1)" in out.stdout
+        log.unlink()
+    out, calls = run_batch(fake_slurm, "x=1", srun_rc=75, task_status="75 75", host=True)  # every rank pre-empted
+    assert requeued(calls) and out.returncode == 0 and "task-0:75 task-1:75" in out.stdout
+    log.unlink()
+    out, calls = run_batch(fake_slurm, "x=1", srun_rc=143, task_status="75", host=True)  # task 1 killed mid-exit
+    assert requeued(calls) and "killed by signal 15" in out.stdout
+
+
+def test_requeued_run_requires_only_a_complete_checkpoint(fake_slurm):
+    """A job that died while writing its first checkpoint: the rerun must not demand resume=required."""
+    ckpt = fake_slurm[2] / "results" / "run1" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "rm--step=4").mkdir()
+    (ckpt / "rm--step=4-unfinished").write_text("")
+    out, calls = run_batch(fake_slurm, "x=1", restart=1)
+    srun = [c for c in calls if c[0] == "srun"][0]
+    assert srun[-1] == "x=1", srun[-3:]
+    (ckpt / "rm--step=4-unfinished").unlink()
+    fake_slurm[2].joinpath("calls.log").unlink()
+    out, calls = run_batch(fake_slurm, "x=1", restart=1)
+    assert [c for c in calls if c[0] == "srun"][0][-2:] == ["x=1", "resume=required"]

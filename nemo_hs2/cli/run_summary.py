@@ -53,6 +53,9 @@ def run_summary(result: dict) -> str:
         nemo = sorted(f for f in os.listdir(ckpt) if f.endswith(".nemo")) if os.path.isdir(ckpt) else []
         lines.append(f"metrics      {path}")
         lines.append(f"checkpoints  {ckpt}" + (f" ({', '.join(nemo)} and dist-ckpt directories)" if nemo else ""))
+    if result.get("skipped_steps"):
+        lines.append(f"skipped {result['skipped_steps']} step(s) whose global batch had nothing to learn (e.g. only "
+                     "tie pairs): no update for them")
     if result.get("preempted"):
         lines.append("stopped early (pre-empted): run the same command again to resume")
     note = summary()

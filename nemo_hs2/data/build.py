@@ -9,6 +9,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from nemo_hs2.core.losses import LOSS_NAMES
 from nemo_hs2.core.rank import is_main_rank
 from nemo_hs2.core.render import Renderer
 from nemo_hs2.data import cache
@@ -151,7 +152,7 @@ def prepare(data_cfg, tokenizer, seq_length: int, output_dir: str | os.PathLike 
     if loaded is None:
         loaded = validate(data_cfg)
     datasets, stats = build_datasets(data_cfg, tokenizer, seq_length, progress, loaded)
-    check_batches(datasets, stats, 1, "none", False)  # a split with no row left is an error here too
+    check_batches(datasets, stats, 1, None, False)  # a split with no row left is an error here too
     settings = {
         "source": str(data_cfg.source),
         "files": {s: data_cfg.get(f"{s}_file") for s in SPLITS} if data_cfg.source == "files" else None,
@@ -175,9 +176,6 @@ def prepare(data_cfg, tokenizer, seq_length: int, output_dir: str | os.PathLike 
 
 
 # ------------------------------------------------------------------------------------------------ a training run's data
-BT_LOSSES = ("regular_bt", "margin_bt", "scaled_bt", "regression+bt")
-
-
 class DataError(ValueError):
     """The data a run asks for cannot train it: found before any model or process group exists."""
 
@@ -189,8 +187,12 @@ def _why(st: TokenizeStats) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(gone.items())) or "none left out"
 
 
-def check_batches(datasets: dict, stats: dict, global_batch_size: int, loss: str, drop_last_validation: bool) -> None:
-    """Every split can fill what the trainer asks of it, and has something for the loss to learn from."""
+def check_batches(datasets: dict, stats: dict, global_batch_size: int, loss: str | None,
+                  drop_last_validation: bool) -> None:
+    """Every split can fill what the trainer asks of it, and has something for the loss to learn from (``loss``:
+    ``model.regression.loss_func``; None checks only that each split keeps a row)."""
+    bt = loss in LOSS_NAMES and loss != "regression"
+    regression = loss in ("regression", "regression+bt")
     for split, ds in datasets.items():
         unit = "pairs" if hasattr(ds, "strengths") else "rows"
         st = stats[split]
@@ -201,11 +203,11 @@ def check_batches(datasets: dict, stats: dict, global_batch_size: int, loss: str
                 f"global batch of {global_batch_size} {unit} (model.global_batch_size). Add data, lower "
                 "model.global_batch_size (and micro_batch_size), or keep more rows (e.g. data.overlength=truncate, "
                 "a larger model.encoder_seq_length)")
-        if loss in BT_LOSSES and unit == "pairs" and not (ds.strengths != 0).any():
+        if bt and unit == "pairs" and not (ds.strengths != 0).any():
             raise DataError(f"the {split} split has no preference pair with nonzero strength ({kept} pairs, all "
                             "ties): a Bradley-Terry loss has nothing to learn from it")
         labels = ds.rows.labels if unit == "pairs" else ds.labels
-        if loss in ("regression", "regression+bt") and not (labels == labels).any():
+        if regression and not (labels == labels).any():
             raise DataError(f"the {split} split has no present label for data.attributes={list(ds.attributes)}: the "
                             "regression loss has nothing to learn from it (check the attribute names)")
 

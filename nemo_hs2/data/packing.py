@@ -9,9 +9,10 @@ row order, so the losses read the rows exactly as unpacked.
 Two layouts (``nemo_hs2.megatron.packed_gpt`` runs them):
 
 * dense (megatron-core's local attention, the CPU path): bins of at most ``capacity`` tokens (first-fit
-  decreasing; a row is never split; one longer than ``capacity`` has a bin of its own; ``None``: one bin), each
-  bin one packed row, with a block-diagonal causal mask (``block_causal_mask``). Attention there costs the square
-  of the packed width, so ``capacity`` bounds it.
+  decreasing; a row is never split), each bin one packed row, with a block-diagonal causal mask
+  (``block_causal_mask``). Dense attention computes every (query, key) of a packed row, masked or not, so a wider
+  row costs more than the padding it saves: by default (``dense_capacity``) the capacity is the micro-batch's
+  longest row, so a packed micro-batch is never wider than a trimmed one, only has fewer rows.
 * THD (Transformer Engine): one bin, all rows in one sequence described by ``cu_seqlens`` (``thd_cu_seqlens``),
   where flash attention costs only each row's own length.
 
@@ -53,6 +54,12 @@ def first_fit(lengths: Sequence[int], capacity: int | None) -> list[list[int]]:
             bins.append([i])
             loads.append(n)
     return [sorted(b) for b in bins]
+
+
+def dense_capacity(lengths: Sequence[int], pack_length: int | None, multiple: int) -> int:
+    """Tokens per packed row on the dense path: ``data.pack_length``, but never less than the micro-batch's longest
+    row rounded up to ``multiple`` (its trimmed width, which that row needs anyway)."""
+    return max(pad_length(max(int(n) for n in lengths), multiple), int(pack_length or 0))
 
 
 def packed_width(lengths: Sequence[int], capacity: int | None, multiple: int) -> tuple[int, int]:

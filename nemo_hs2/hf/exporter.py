@@ -15,6 +15,12 @@ must be added to the logits (a constant per output: rankings and preference accu
 Padding: the classes find the last token as (first ``pad_token_id`` - 1). Our rows end with the end-of-response token
 and templates may contain the tokenizer's eos / pad (ChatML's ``<|im_end|>``), so a dedicated pad token is added
 (``PAD_TOKEN``) with ``padding_side=right``; its embedding row is zero (no row is ever read past it).
+
+Tokenizer: the model's Hugging Face fast tokenizer, NeMo's byte-level one as a byte-level BPE, or a SentencePiece
+model (NVIDIA's ``.nemo`` files) converted by ``nemo_hs2.hf.sentencepiece``; with the training template as its chat
+template, ``model_input_names`` of a stock tokenizer (no ``token_type_ids``, which the classes' forward rejects) and
+no tokens added by a plain call. Every export checks its tokenizer against the ``.nemo``'s on probe texts and its
+chat template against the training renderer, and refuses one that differs.
 """
 
 from __future__ import annotations
@@ -355,7 +361,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 D = {json.dumps(os.path.abspath(directory))}  # this directory, where examples/export_hf.py wrote it
 conversations = [[{{"role": "user", "content": "What is 12 + 30?"}}, {{"role": "assistant", "content": "42."}}],
-                 [{{"role": "user", "content": "Name a prime."}}, {{"role": "assistant", "content": "Nine."}}]]
+                 [{{"role": "user", "content": "Name a prime."}}, {{"role": "assistant", "content": "Seven: no divisor "
+                                                                                 "but 1 and itself."}}]]
 tok = AutoTokenizer.from_pretrained(D)
 model = AutoModelForSequenceClassification.from_pretrained(D).float()
 texts = [tok.apply_chat_template(conv, tokenize=False) for conv in conversations]

@@ -79,7 +79,8 @@ def fix_gguf_tokenizer(tok, gguf_path: str):
     fixed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)), **special,
                                     add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
                                     add_eos_token=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-                                    clean_up_tokenization_spaces=False, model_max_length=tok.model_max_length)
+                                    clean_up_tokenization_spaces=False, model_max_length=tok.model_max_length,
+                                    model_input_names=["input_ids", "attention_mask"])  # as the GGUF's model takes
     fixed.chat_template = tok.chat_template
     return fixed
 

@@ -20,7 +20,7 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-_PREEMPTION_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT")
+PREEMPTION_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT")
 
 
 def checkpoint_helper_init(parent_pid: int) -> None:
@@ -32,5 +32,5 @@ def checkpoint_helper_init(parent_pid: int) -> None:
     import signal
 
     die_with_parent(parent_pid)
-    for name in _PREEMPTION_SIGNALS:
+    for name in PREEMPTION_SIGNALS:
         signal.signal(getattr(signal, name), signal.SIG_IGN)

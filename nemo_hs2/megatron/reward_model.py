@@ -144,8 +144,11 @@ class AttributeRewardModel(MegatronGPTRegressionRewardModel):
         if not trim:  # a packed micro-batch has its own shape, which the pipeline stages must exchange
             raise ValueError("data.packing=true under pipeline parallelism needs "
                              "model.variable_micro_batch_widths=true")
-        # THD: one sequence (attention costs each row's own length); dense: bins of pack_length tokens at most.
-        return packing.pack(mb, None if self.thd else self.pack_length, self.pad_to_multiple)
+        # THD: one sequence (attention costs each row's own length); dense: bins no wider than trimming's row
+        # unless data.pack_length asks for wider ones.
+        lengths = mb["lengths"].tolist()
+        capacity = None if self.thd else packing.dense_capacity(lengths, self.pack_length, self.pad_to_multiple)
+        return packing.pack(mb, capacity, self.pad_to_multiple)
 
     def _normalizers(self, batch):
         """Valid label entries and preference pairs in the global batch (all DP ranks): the losses' denominators."""

@@ -106,7 +106,7 @@ class RewardServer:
     def __init__(self, service: RewardService, batcher: Batcher, config: ServerConfig, token: str | None = None,
                  on_fatal=_exit_process):
         self.service, self.batcher, self.config = service, batcher, config
-        self._token = token.encode() if token else None
+        self._token = bytes(token, "ascii") if token else None  # printable ASCII: ServerConfig checks it
         self._on_fatal = on_fatal
         self._pool = concurrent.futures.ThreadPoolExecutor(config.parse_workers, thread_name_prefix="reward-parse",
                                                            initializer=_name_thread, initargs=("reward-parse",))

@@ -4,8 +4,8 @@
 weights, per-row predictions, loss and gradients. ``--compare REF``: build the model at the requested layout,
 load the reference weights resharded for this rank, run the same batch and write the max differences. Under PP the
 batch also runs with every micro-batch at the batch's width (``variable_seq_lengths`` off), and the differences
-from per-micro-batch widths are written too. In every layout the batch also runs packed (``data.packing``: one
-packed row per micro-batch, and bins of ``PACK_CAPACITY`` tokens), and the differences from unpacked are written;
+from per-micro-batch widths are written too. In every layout the batch also runs packed (``data.packing``: the default
+bins, bins of ``PACK_CAPACITY`` tokens, one packed row per micro-batch), and the differences from unpacked are written;
 ``--packing-only`` stops there, ``--packing-mutation mask|ends`` breaks the packed path on purpose (the test that
 the check can fail).
 Everything is taken from the real stack (Hydra config, NeMo trainer, our model, collate and loss), nothing mocked.
@@ -129,8 +129,7 @@ def packing_mutation(kind):
 
 def packing_check(model, batch, losses, conversations, attributes, mutation=None):
     """Packed vs unpacked at this layout, on the same weights and batch: validation predictions, validation and
-    training losses and every gradient, per loss; and the inference path (``predict``). Packed as one row per
-    micro-batch and as bins of ``PACK_CAPACITY`` tokens."""
+    training losses and every gradient, per loss; and the inference path (``predict``)."""
     from megatron.core.num_microbatches_calculator import get_num_microbatches
 
     from nemo_hs2.megatron.scorer import RewardScorer
@@ -149,7 +148,9 @@ def packing_check(model, batch, losses, conversations, attributes, mutation=None
     saved_loss = model.loss_name
     unpacked, unpacked_scores = run(False, None)
     result = {}
-    for label, capacity in (("one_row", None), ("bins", PACK_CAPACITY)):
+    # default: bins no wider than the micro-batch's longest row; bins: of PACK_CAPACITY tokens; one_row: every row
+    # of a micro-batch in one packed row (the dense stand-in for THD's one sequence).
+    for label, capacity in (("default", None), ("bins", PACK_CAPACITY), ("one_row", 1 << 20)):
         packed, packed_scores = run(True, capacity)
         diffs = {"inference/pred": float(np.abs(packed_scores - unpacked_scores).max())}
         for name in losses:
@@ -165,7 +166,9 @@ def packing_check(model, batch, losses, conversations, attributes, mutation=None
         model.packing, model.pack_length = False, None
         result[label] = {"diffs": diffs, "grad_tensors": len(unpacked[losses[0]][3]),
                          "packed_shapes": [list(mb["inputs"].shape) for mb in micro_batches],
-                         "rows_per_micro_batch": int(micro_batches[0]["ends"].shape[0])}
+                         "rows_per_micro_batch": int(micro_batches[0]["ends"].shape[0]),
+                         # the most rows one packed row holds: 1 means the mask never separated two rows
+                         "max_rows_sharing": max(int(mb["ends"][:, 0].bincount().max()) for mb in micro_batches)}
     model.loss_name = saved_loss
     return result
 

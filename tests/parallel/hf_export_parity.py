@@ -36,6 +36,22 @@ def conversations(count: int = 24):
     return out
 
 
+def card_scores(directory: str) -> dict:
+    """Run the export's model card snippet as written (stdout kept out); its conversations, scores and reward."""
+    import contextlib
+    import io
+    import re
+
+    with open(os.path.join(directory, "README.md")) as f:
+        (code,) = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    namespace = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(code, namespace)
+    scores = namespace["scores"].double().numpy()
+    reward = namespace["reward"].double().numpy() if "reward" in namespace else scores[:, 0]
+    return {"conversations": namespace["conversations"], "scores": scores, "reward": reward}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out")
@@ -47,6 +63,10 @@ def main():
     p.add_argument("--round-trip", action="store_true", help="import the attributes export back and score it")
     p.add_argument("--nemo", action="append", default=[], help="NAME=RM.nemo: an already trained reward model "
                    "(any saved TP / PP layout) instead of an imported family")
+    p.add_argument("--head-layout", action="append", default=[], help="NAME=LAYOUT: load and export NAME's "
+                   "positional head by name (aligner_9slot)")
+    p.add_argument("--reference", action="append", default=[], help="NAME=reference.json: NAME's rewards from "
+                   "NeMo-Aligner's own infer on these conversations (tests/hf/aligner_sentencepiece.py)")
     args = p.parse_args()
 
     import numpy as np
@@ -66,6 +86,8 @@ def main():
     from tests.hf import tiny_models
 
     convs = conversations()
+    layouts = dict(s.split("=", 1) for s in args.head_layout)
+    references = dict(s.split("=", 1) for s in args.reference)
     results = {}
     sources = [(f, None) for f in args.family] + [tuple(s.split("=", 1)) for s in args.nemo]
     for seed, (family, rm) in enumerate(sources):
@@ -85,18 +107,31 @@ def main():
                 if family in args.hf_chat:
                     model.cfg.template, model.cfg.system_prompt = "hf_chat", "You rate answers."
             model.save_to(rm)
-        model = load_reward_model(rm)  # at TP = PP = 1 whatever layout it was saved in, as the exporter does
+        # at TP = PP = 1 whatever layout it was saved in, as the exporter does
+        model = load_reward_model(rm, head_layout=layouts.get(family))
         nemo = RewardScorer(model, batch_size=8)
         want = nemo.score(convs)
         want_pred = np.array([[r["attributes"][a] for a in nemo.attributes] for r in want])
         want_reward = np.array([r["reward"] for r in want])
         r = {"template": nemo.template, "bias": model.model.rm_head.bias.tolist(), "conversations": len(convs),
-             "tokens": sorted({len(nemo.tokenize(c)) for c in convs})}
+             "tokens": sorted({len(nemo.tokenize(c)) for c in convs}), "attribute_names": list(nemo.attributes),
+             "tokenizer_library": model.cfg.tokenizer.library}
+        if family in references:  # NeMo-Aligner's own scores, by slot; the layout names the slots
+            from nemo_hs2.megatron.head_layout import resolve_layout
+
+            with open(references[family]) as f:
+                reference = json.load(f)
+            names = resolve_layout(layouts[family])[0]
+            slots = [names.index(a) for a in nemo.attributes]
+            aligner = np.array(reference["rewards"])[:, slots]
+            r["aligner_tokens_equal"] = reference["tokens"] == [list(map(int, nemo.tokenize(c))) for c in convs]
+            r["nemo_vs_aligner"] = float(np.abs(want_pred - aligner).max())
         for head in hf_export.HEADS:
             out_dir = os.path.join(tmp, f"hf_{head}")
             # reward mode is written in shards of ~64 KiB (many files + index), attributes mode as one file
             report = hf_export.export(model, out_dir, head, source="rm.nemo",
                                       max_shard_gb=2**-14 if head == "reward" else 5.0)
+            card = card_scores(out_dir)
             cls = type(AutoModelForSequenceClassification.from_pretrained(out_dir)).__name__
             scorer = HFRewardScorer(out_dir, batch_size=8)
             same_tokens = all(list(scorer.tokenize(c)) == list(map(int, nemo.tokenize(c))) for c in convs)
@@ -105,9 +140,15 @@ def main():
             entry = {"class": cls, "same_tokens": same_tokens, "bias_folded": report["bias_folded"],
                      "reward_diff": float(np.abs(got_reward - want_reward).max()),
                      "num_labels": report["num_labels"], "labels": report["labels"], "shards": report["shards"]}
+            card_want = nemo.score(card["conversations"])
+            entry["card_reward_diff"] = float(np.abs(card["reward"] - [w["reward"] for w in card_want]).max())
             if head == "attributes":
                 got_pred = np.array([[g["attributes"][a] for a in nemo.attributes] for g in got])
                 entry["attr_diff"] = float(np.abs(got_pred - want_pred).max())
+                card_pred = [[w["attributes"][a] for a in nemo.attributes] for w in card_want]
+                entry["card_attr_diff"] = float(np.abs(card["scores"] - np.array(card_pred)).max())
+                if family in references:
+                    entry["aligner_diff"] = float(np.abs(got_pred - aligner).max())
             if not report["bias_folded"]:  # the raw logits alone differ by the recorded bias
                 raw = scorer.predict_tokens([scorer.tokenize(c) for c in convs]) - scorer.bias
                 entry["raw_logit_offset"] = float(np.abs(raw @ scorer.weights - want_reward).max())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import torch
@@ -15,11 +16,12 @@ from nemo_hs2.megatron.compat.registry import CompatError, patch
         lambda env: sys.platform.startswith("linux"), dists=("megatron_core",))
 def _dist_ckpt_helpers_die_with_parent():
     import multiprocessing
+    import multiprocessing.resource_tracker
     from multiprocessing.managers import SyncManager
 
     import megatron.core.dist_checkpointing.strategies.filesystem_async as mcore_fs
 
-    from nemo_hs2.megatron.process import checkpoint_helper_init
+    from nemo_hs2.megatron.process import PREEMPTION_SIGNALS, checkpoint_helper_init
 
     Writer = mcore_fs.FileSystemWriterAsync
     if not all(hasattr(o, n) for o, n in ((mcore_fs, "_get_write_results_queue"), (mcore_fs, "_results_queue"),
@@ -29,7 +31,19 @@ def _dist_ckpt_helpers_die_with_parent():
     def get_write_results_queue():
         if mcore_fs._results_queue is None:  # as upstream (a spawn-context Manager queue), plus the parent link
             manager = SyncManager(ctx=torch.multiprocessing.get_context("spawn"))
-            manager.start(initializer=checkpoint_helper_init, initargs=(os.getpid(),))
+            # The spawned server (and the resource tracker started with it) has default signal actions until its
+            # initializer runs, and a step signal in that window killed it (EOFError: the save failed). Blocked
+            # here, the signals stay blocked in them (the mask survives fork and exec) until the initializer
+            # ignores them; the trainer gets its own pending ones when the mask is restored. Starting the tracker
+            # unblocks SIGINT / SIGTERM (CPython's resource_tracker), hence the second block.
+            signals = {getattr(signal, n) for n in PREEMPTION_SIGNALS}
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+            try:
+                multiprocessing.resource_tracker.ensure_running()
+                signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+                manager.start(initializer=checkpoint_helper_init, initargs=(os.getpid(),))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             mcore_fs._results_queue = manager.Queue()
         return mcore_fs._results_queue
 

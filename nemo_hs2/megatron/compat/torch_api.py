@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import os
 import threading
+import warnings
 
 import torch
 
@@ -86,7 +87,9 @@ def full_unpickling(why: str):
     saved = os.environ.get(_NO_WEIGHTS_ONLY)
     os.environ[_NO_WEIGHTS_ONLY] = "1"
     try:
-        yield
+        with warnings.catch_warnings():  # torch warns that the variable is set: here it is set on purpose
+            warnings.filterwarnings("ignore", message=f"Environment variable {_NO_WEIGHTS_ONLY} detected")
+            yield
     finally:
         if saved is None:
             os.environ.pop(_NO_WEIGHTS_ONLY, None)
