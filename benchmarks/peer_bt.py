@@ -190,7 +190,8 @@ def nemo_overrides(args, nemo: Path, pairs_file: Path, steps: int, log_dir: Path
             f"++model.optim.eps={args.eps}", "model.optim.sched.name=CosineAnnealing",
             "model.optim.sched.warmup_steps=0", "model.optim.sched.constant_steps=0",
             f"model.optim.sched.min_lr={args.min_lr}", f"trainer.rm.max_steps={steps}", "trainer.rm.max_epochs=1",
-            f"trainer.rm.val_check_interval={steps}", f"trainer.rm.save_interval={steps}",
+            # save_interval=0: no checkpoint, as TRL's save_strategy="no" (a save would add its copies to the RSS)
+            f"trainer.rm.val_check_interval={steps}", "trainer.rm.save_interval=0",
             f"trainer.rm.gradient_clip_val={args.clip}", "trainer.rm.train_random_sampler=false",
             "exp_manager.checkpoint_callback_params.save_nemo_on_train_end=false",
             f"exp_manager.explicit_log_dir={log_dir}", "resume=never"]
@@ -316,14 +317,16 @@ def curve_differences(a: list[dict], b: list[dict]) -> dict:
 def system_summary(steps: list[dict], rss: float, validation: dict, load: str) -> dict:
     measured = steps[1:] or steps  # the first step is warm-up (allocations, lazy init) in both
     seconds = sum(s["step_s"] for s in measured)
+    # The median of the steps' own rates too: on a shared machine one step can take 10x longer than the rest.
     return {"steps": len(steps), "median_step_s": statistics.median(s["step_s"] for s in measured),
-            "real_tok_s": sum(s["tokens"] for s in measured) / seconds, "peak_rss_gib": rss,
+            "real_tok_s": sum(s["tokens"] for s in measured) / seconds,
+            "median_real_tok_s": statistics.median(s["tokens"] / s["step_s"] for s in measured), "peak_rss_gib": rss,
             "accuracy": validation["accuracy"], "bt_loss": validation["bt_loss"],
             "validation_pairs": validation["pairs"], "load_before": load}
 
 
 def report(summary: dict) -> str:
-    names = [n for n in summary["steps"] if n != "trl"]
+    names = [n for n in summary["steps"] if n != "trl"]  # nemo_hs2 runs, then other TRL variants
     steps = summary["steps"]
     head = " | ".join(f"{n} loss" for n in names)
     lines = [f"| step | {head} | TRL loss | nemo_hs2 - TRL | lr (all) | " + " | ".join(f"{n} grad norm" for n in names)
@@ -336,17 +339,19 @@ def report(summary: dict) -> str:
                      + " | ".join(f"{x.get('grad_norm') or float('nan'):.4f}" for x in rows)
                      + f" | {b.get('grad_norm', float('nan')):.4f} |")
     for name, d in summary["differences"].items():
-        against = "" if " vs " in name else " vs TRL"
+        against = "" if " vs " in name else " vs TRL (gradient checkpointing on)"
         lines.append(f"{name}{against}: largest |loss diff| {d['loss']:.2e} (step 0: {d['loss_step0']:.2e}), "
                      f"largest |lr diff| {d['lr']:.2e}, largest relative grad-norm diff {d['grad_norm_rel']:.2e}")
-    lines += ["", "| system | steps | median step s | real tokens/s | peak RSS GiB | held-out accuracy | held-out BT "
-              "loss | load avg before |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| system | steps | median step s | real tokens/s (all / median step) | peak RSS GiB | held-out "
+              "accuracy | held-out BT loss | load avg before |", "|---|---|---|---|---|---|---|---|"]
     for name, s in summary["systems"].items():
-        lines.append(f"| {name} | {s['steps']} | {s['median_step_s']:.2f} | {s['real_tok_s']:.0f} | "
+        lines.append(f"| {name} | {s['steps']} | {s['median_step_s']:.2f} | {s['real_tok_s']:.0f} / "
+                     f"{s['median_real_tok_s']:.0f} | "
                      f"{s['peak_rss_gib']:.2f} | {s['accuracy']:.3f} ({s['validation_pairs']} pairs) | "
                      f"{s['bt_loss']:.4f} | {s['load_before']} |")
     for name, r in summary["ratios"].items():
-        lines.append(f"{name} / TRL: real tokens/s {r['real_tok_s']:.2f}x, peak RSS {r['peak_rss']:.2f}x")
+        lines.append(f"{name}: real tokens/s {r['real_tok_s']:.2f}x (median step {r['median_real_tok_s']:.2f}x), "
+                     f"peak RSS {r['peak_rss']:.2f}x")
     lines.append(f"TRL {summary['trl_versions']}, gradient checkpointing {summary['trl_gradient_checkpointing']}, "
                  f"{summary['trl_threads']} threads")
     lines.append(f"data: {json.dumps(summary['data'])}; load average after: {summary['load_after']}")
@@ -377,6 +382,8 @@ def main(argv=None) -> dict:
     p.add_argument("--also-packed", action="store_true", help="nemo_hs2 once more, with data.packing=true")
     p.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="TRL's RewardConfig default is on")
+    p.add_argument("--also-trl-without-checkpointing", action="store_true",
+                   help="TRL once more with gradient_checkpointing=false (faster, more memory)")
     p.add_argument("--trl-python", help="the TRL environment's python (default: scripts/ecosystem_env.sh builds it)")
     p.add_argument("--smoke", action="store_true", help="2 layers, 3 steps, <= 256 tokens, 120 rows")
     p.add_argument("--trl-worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -410,22 +417,28 @@ def main(argv=None) -> dict:
             "gradient_checkpointing": args.trl_gradient_checkpointing,
             "train": [{**c, **i} for c, i in zip(talk["train"], ids["train"])][:steps * args.global_batch],
             "validation": [{**c, **i} for c, i in zip(talk["validation"], ids["validation"])]}
-    (work / "trl_spec.json").write_text(json.dumps(spec))
 
-    print(f"[trl] {steps} steps of {args.global_batch} pairs", flush=True)
-    _, trl_rss, trl_load = run_child([peer_python, str(Path(__file__).resolve()), "--trl-worker",
-                                      str(work / "trl_spec.json"), str(work / "trl.json")], work / "trl.log", env)
-    trl = json.loads((work / "trl.json").read_text())
-    for split, check in trl["ids"].items():  # the same job: TRL's own tokenization gave nemo_hs2's ids
-        if check["count"] or check["pairs"] != check["expected"]:
-            raise SystemExit(f"{split}: TRL's token ids differ from nemo_hs2's: {json.dumps(check)[:2000]}")
+    peers = {"trl": spec}
+    if args.also_trl_without_checkpointing and args.trl_gradient_checkpointing:
+        peers["trl no-ckpt"] = {**spec, "gradient_checkpointing": False, "workdir": str(work / "trl_no_ckpt")}
+    peer_runs = {}
+    for name, peer_spec in peers.items():  # first: a token-id mismatch stops the job before nemo_hs2 runs
+        tag = name.replace(" ", "_")
+        (work / f"{tag}_spec.json").write_text(json.dumps(peer_spec))
+        print(f"[{name}] {steps} steps of {args.global_batch} pairs, gradient checkpointing "
+              f"{peer_spec['gradient_checkpointing']}", flush=True)
+        _, rss, load = run_child([peer_python, str(Path(__file__).resolve()), "--trl-worker",
+                                  str(work / f"{tag}_spec.json"), str(work / f"{tag}.json")], work / f"{tag}.log", env)
+        out = json.loads((work / f"{tag}.json").read_text())
+        peer_runs[name] = {"steps": out["steps"], "rss": rss, "validation": out["validation"], "load": load,
+                           "command": None, "out": out}
+    trl = peer_runs["trl"]["out"]
 
     runs = {"nemo_hs2": run_nemo(args, nemo, pairs_file, steps, work, env, ids, packed=args.packing)}
     if args.also_packed and not args.packing:
         runs["nemo_hs2 packed"] = run_nemo(args, nemo, pairs_file, steps, work, env, ids, packed=True)
 
-    runs["trl"] = {"steps": trl["steps"], "rss": trl_rss, "validation": trl["validation"], "load": trl_load,
-                   "command": None}  # last in the tables, first to run: a token-id mismatch stops the job early
+    runs.update(peer_runs)  # last in the tables
     for name, run in runs.items():
         if len(run["steps"]) != steps:
             raise SystemExit(f"{name} ran {len(run['steps'])} steps, wanted {steps}")
@@ -434,6 +447,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"step {a['step']}: {a['tokens']} tokens in nemo_hs2's batch, {b['tokens']} in TRL's")
     systems = {name: system_summary(r["steps"], r["rss"], r["validation"], r["load"]) for name, r in runs.items()}
     differences = {name: curve_differences(r["steps"], trl["steps"]) for name, r in runs.items() if name != "trl"}
+    for r in runs.values():
+        r.pop("out", None)
     if "nemo_hs2 packed" in runs:
         differences["nemo_hs2 packed vs unpacked"] = curve_differences(runs["nemo_hs2 packed"]["steps"],
                                                                        runs["nemo_hs2"]["steps"])
@@ -443,9 +458,11 @@ def main(argv=None) -> dict:
                  "global_batch": args.global_batch, "micro_batch": args.micro_batch, "layers": args.layers,
                  "packing": args.packing},
         "steps": {name: r["steps"] for name, r in runs.items()}, "systems": systems, "differences": differences,
-        "ratios": {name: {"real_tok_s": s["real_tok_s"] / systems["trl"]["real_tok_s"],
-                          "peak_rss": s["peak_rss_gib"] / systems["trl"]["peak_rss_gib"]}
-                   for name, s in systems.items() if name != "trl"},
+        "ratios": {f"{name} / {peer}": {
+            "real_tok_s": s["real_tok_s"] / systems[peer]["real_tok_s"],
+            "median_real_tok_s": s["median_real_tok_s"] / systems[peer]["median_real_tok_s"],
+            "peak_rss": s["peak_rss_gib"] / systems[peer]["peak_rss_gib"]}
+            for name, s in systems.items() if not name.startswith("trl") for peer in systems if peer.startswith("trl")},
         "trl_versions": trl["versions"], "trl_gradient_checkpointing": trl["gradient_checkpointing"],
         "trl_threads": trl["threads"], "load_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "nemo_commands": {name: r["command"] for name, r in runs.items() if r["command"]}}

@@ -69,10 +69,15 @@ def checked(tmp_path_factory, side_python):
     tmp = tmp_path_factory.mktemp("ecosystem")
     demo = demo_checkpoint(tmp_path_factory)
     _run([sys.executable, str(ROOT / "tests" / "hf" / "aligner_sentencepiece.py"), str(tmp / "sp_source")])
-    _run([sys.executable, str(ROOT / "tests" / "parallel" / "hf_export_parity.py"), "--out", str(tmp / "w.json"),
-          "--tmp", str(tmp), "--family", "llama32", "--hf-chat", "llama32", "--nemo", f"demo={demo}",
-          "--nemo", f"sp={tmp / 'sp_source' / 'aligner_sp.nemo'}", "--head-layout", "sp=aligner_9slot"])
-    worker = json.loads((tmp / "w.json").read_text())
+    worker = {}
+    # one process per source: Megatron's global batch-size calculator is process-wide, and each .nemo has its own
+    for name, args in (("llama32", ["--family", "llama32", "--hf-chat", "llama32"]),
+                       ("demo", ["--nemo", f"demo={demo}"]),
+                       ("sp", ["--nemo", f"sp={tmp / 'sp_source' / 'aligner_sp.nemo'}", "--head-layout",
+                               "sp=aligner_9slot"])):
+        _run([sys.executable, str(ROOT / "tests" / "parallel" / "hf_export_parity.py"), "--out",
+              str(tmp / f"{name}.json"), "--tmp", str(tmp), *args])
+        worker.update(json.loads((tmp / f"{name}.json").read_text()))
     exports = {f"{name}_{head}": str(tmp / name / f"hf_{head}") for name in ("demo", "llama32", "sp")
                for head in ("attributes", "reward")}
     convs = [*conversations(), *[p["chosen"] for p in _pairs()]]

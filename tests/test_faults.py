@@ -357,7 +357,7 @@ def launch_like_srun(procs, timeout=600):
 
 
 def preempt_two_ranks(log_dir, mode="agree"):
-    """TP=2, both ranks pre-empted by SIGUSR1 (what `scancel --signal=USR1` and `--signal=USR1@N` deliver) under load."""
+    """TP=2, both ranks pre-empted by SIGUSR1 (what `scancel --signal=USR1` and `--signal=USR1@N` send), under load."""
     layout = ["trainer.devices=2", "model.tensor_model_parallel_size=2", "trainer.rm.save_interval=12",
               "trainer.rm.val_check_interval=12", "collective_timeout_s=60"]
     with cpu_burners():

@@ -298,7 +298,8 @@ def test_nemo_aligner_sentencepiece_rm_exports_and_scores_as_the_nemo(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    mine = {k: v for f in sorted((tmp_path / "sp" / "hf_reward").glob("*.safetensors")) for k, v in load_file(f).items()}
+    shards = sorted((tmp_path / "sp" / "hf_reward").glob("*.safetensors"))
+    mine = {k: v for f in shards for k, v in load_file(f).items()}
     theirs = load_file(str(cli / "model.safetensors"))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert (cli / "tokenizer.json").read_text() == (tmp_path / "sp" / "hf_reward" / "tokenizer.json").read_text()

@@ -51,7 +51,8 @@ def classifier(family: str, tok, seed: int = 0):
 
     common = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=4096, num_labels=len(ATTRIBUTES),
-                  num_key_value_heads=2, pad_token_id=tok.pad_token_id, id2label=dict(enumerate(ATTRIBUTES)), problem_type="regression")
+                  num_key_value_heads=2, pad_token_id=tok.pad_token_id, id2label=dict(enumerate(ATTRIBUTES)),
+                  problem_type="regression")
     config = {"llama": lambda: LlamaConfig(**common, architectures=["LlamaForSequenceClassification"]),
               "nemotron": lambda: NemotronConfig(**common, architectures=["NemotronForSequenceClassification"],
                                                  partial_rotary_factor=0.5),

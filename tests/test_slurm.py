@@ -150,6 +150,9 @@ def test_batch_script_requeues_on_preemption_and_stops_when_done(fake_slurm):
     assert not [c for c in calls if c[:2] == ["scontrol", "requeue"]] and out.returncode == 0
     srun = [c for c in calls if c[0] == "srun"][0]
     assert srun[-2:] == ["x=1", "resume=required"]  # a requeued run must find its checkpoints
+    fake_slurm[2].joinpath("calls.log").unlink()
+    out, calls = run_batch(fake_slurm, "x=1", restart=2, srun_rc=143)  # a late SIGTERM in teardown: still done
+    assert not [c for c in calls if c[:2] == ["scontrol", "requeue"]] and out.returncode == 0
 
     fake_slurm[2].joinpath("calls.log").unlink()
     (ckpt / "run1.nemo").unlink()

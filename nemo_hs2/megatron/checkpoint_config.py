@@ -31,8 +31,8 @@ _NOT_FROM_PRESET = ("max_position_embeddings", "tokenizer")
 _TOKENIZER_LOCATION = ("type", "model", "vocab_file", "merge_file")
 # megatron-core / NeMo defaults of architecture keys a checkpoint may leave out.
 _DEFAULTS = {"scale_positional_embedding": False, "rope_scaling": None, "rotary_percentage": 1.0,
-             "rotary_interleaved": False, "layernorm_zero_centered_gamma": False, "apply_query_key_layer_scaling": False,
-             "normalize_attention_scores": True, "seq_len_interpolation_factor": None, "num_moe_experts": None,
+             "rotary_interleaved": False, "layernorm_zero_centered_gamma": False,
+             "apply_query_key_layer_scaling": False, "normalize_attention_scores": True, "seq_len_interpolation_factor": None, "num_moe_experts": None,
              "bias": True, "normalization": "layernorm", "activation": "gelu", "rotary_base": 10000,
              "position_embedding_type": "learned_absolute", "share_embeddings_and_output_weights": True,
              "layernorm_epsilon": 1e-5, "mcore_gpt": True}

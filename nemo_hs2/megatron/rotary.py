@@ -89,7 +89,8 @@ def scale_inv_freq(inv_freq, params: Mapping):
     wavelen = 2 * math.pi / inv_freq
     smooth = ((original / wavelen - low) / (high - low)).clamp(0.0, 1.0)
     out = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-    return torch.where(wavelen < original / high, inv_freq, torch.where(wavelen > original / low, inv_freq / factor, out))
+    out = torch.where(wavelen > original / low, inv_freq / factor, out)
+    return torch.where(wavelen < original / high, inv_freq, out)
 
 
 def apply_rope_scaling(cfg: Mapping, model):
