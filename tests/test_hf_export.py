@@ -19,6 +19,7 @@ from nemo_hs2.core.conversation import Conversation
 from nemo_hs2.core.render import DEFAULT_SYSTEM, Renderer, steerlm_chat_template
 from nemo_hs2.hf import mapping as hf
 from nemo_hs2.hf import exporter as hf_export
+from nemo_hs2.hf import tokenizer as hf_tokenizer
 from tests.hf import tiny_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,20 +96,20 @@ def test_tokenizer_without_a_hugging_face_form_is_refused():
         cfg = OmegaConf.create({"tokenizer": {"library": "tiktoken"}, "encoder_seq_length": 512})
 
     with pytest.raises(hf.UnsupportedModel, match="library='tiktoken'"):
-        hf_export.export_tokenizer(Model())
+        hf_tokenizer.export_tokenizer(Model())
 
 
 def test_byte_level_tokenizer_gives_nemos_byte_level_ids():
     from nemo.collections.common.tokenizers.bytelevel_tokenizers import ByteLevelTokenizer
 
-    nemo, tok = ByteLevelTokenizer(), hf_export.byte_level_tokenizer()
+    nemo, tok = ByteLevelTokenizer(), hf_tokenizer.byte_level_tokenizer()
     texts = ["plain ascii", "<extra_id_0>System\nA chat.\n<extra_id_1>User\nHi?\n", "  two  spaces\ttab",
              "naïve café — 東京 🙂", "\x00\x01\x7f control"]
     for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert ids == nemo.text_to_ids(text), text
         assert tok.decode(ids) == text
-    assert tok.convert_tokens_to_ids(list(hf_export.BYTE_LEVEL_SPECIALS)) == [nemo.pad_id, nemo.bos_id, nemo.eos_id]
+    assert tok.convert_tokens_to_ids(list(hf_tokenizer.BYTE_LEVEL_SPECIALS)) == [nemo.pad_id, nemo.bos_id, nemo.eos_id]
     assert tok.eos_token_id == nemo.eos_id and len(tok) == 259
 
 

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from nemo_hs2.core.conversation import Conversation
 from nemo_hs2.core.render import Renderer
 from nemo_hs2.hf import exporter as hf_export
+from nemo_hs2.hf import tokenizer as hf_tokenizer
 from tests.tokenizers import as_nemo, llama3_bpe, nemo_tokenizer
 
 ATTRIBUTES = ["helpfulness", "correctness"]
@@ -71,7 +72,7 @@ def export_dir(kind: str, directory) -> tuple[str, object, Renderer, list[float]
     template, family = KINDS[kind]
     cfg = OmegaConf.create({"template": template, "system_prompt": None, "encoder_seq_length": 4096,
                             "tokenizer": tok_cfg})
-    tok = hf_export.export_tokenizer(types.SimpleNamespace(cfg=cfg, tokenizer=tokenizer))
+    tok = hf_tokenizer.export_tokenizer(types.SimpleNamespace(cfg=cfg, tokenizer=tokenizer))
     model = classifier(family, tok)
     bias = [0.5, -1.25] if family == "llama" else None  # Llama exports record the head bias the class cannot hold
     meta = {"head": "attributes", "attributes": ATTRIBUTES, "reward_weights": WEIGHTS, "template": template,

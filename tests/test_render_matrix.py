@@ -127,7 +127,7 @@ def scorer_and_server_ids(model, conversations) -> tuple[list, list, list]:
 
 def exported(model):
     """The exported tokenizer (every kind exports; a refusal fails the cell)."""
-    from nemo_hs2.hf.exporter import export_tokenizer
+    from nemo_hs2.hf.tokenizer import export_tokenizer
 
     return export_tokenizer(model)
 

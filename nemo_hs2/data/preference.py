@@ -52,19 +52,21 @@ class PairCollator(Collator):
 
 
 def file_pairs(data_cfg, split: str) -> tuple[list[Example], list[float]]:
-    from nemo_hs2.data.sources import helpsteer2_conversation, read_preference
+    from nemo_hs2.data.sources import read_preference
 
     path = data_cfg.get("preference_file")
     if not path:
         raise ValueError("data.source=preference needs data.preference_file=PATH (HelpSteer2 preference.jsonl.gz)")
-    pairs = read_preference(path, split=data_cfg.splits[split], on_bad_row=data_cfg.on_bad_row)
-    rows, strengths = [], []
-    for i, p in enumerate(pairs):
-        for response in (p.response_1, p.response_2):
-            rows.append(Example(helpsteer2_conversation(p.prompt, response), {}, source=p.source, line=p.line,
-                                pair_id=i))
-        strengths.append(float(p.strength))
-    return rows, strengths
+    return pair_rows(read_preference(path, split=data_cfg.splits[split], on_bad_row=data_cfg.on_bad_row))
+
+
+def pair_rows(pairs) -> tuple[list[Example], list[float]]:
+    """HelpSteer2-Preference pairs as two rows each (response_1, response_2) and their strengths."""
+    from nemo_hs2.data.sources import helpsteer2_conversation
+
+    rows = [Example(helpsteer2_conversation(p.prompt, r), {}, source=p.source, line=p.line, pair_id=i)
+            for i, p in enumerate(pairs) for r in (p.response_1, p.response_2)]
+    return rows, [float(p.strength) for p in pairs]
 
 
 def load_pairs(data_cfg, split: str) -> tuple[list[Example], list[float], Counter]:

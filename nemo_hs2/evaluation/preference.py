@@ -15,7 +15,6 @@ import numpy as np
 
 from nemo_hs2.core.metrics import preference_metrics, strict_json
 from nemo_hs2.core.scorer import BTSettings
-from nemo_hs2.data.rows import Example
 
 
 def bt_settings(scorer) -> BTSettings:
@@ -29,7 +28,7 @@ def bt_settings(scorer) -> BTSettings:
 
 @dataclasses.dataclass
 class Pairs:
-    rows: list[Example]  # two per pair: response 1, response 2
+    rows: list  # Examples, two per pair: response 1, response 2
     strengths: np.ndarray  # negative = response 1 better
     domains: list[str] | None
     lines: list[int]
@@ -37,13 +36,12 @@ class Pairs:
 
 
 def read_helpsteer2_preference(path: str, split: str, on_bad_row: str = "error") -> Pairs:
-    from nemo_hs2.data.sources import helpsteer2_conversation, read_preference
+    from nemo_hs2.data.preference import pair_rows
+    from nemo_hs2.data.sources import read_preference
 
     pairs = read_preference(path, split=split, on_bad_row=on_bad_row)
-    rows = [Example(helpsteer2_conversation(p.prompt, r), {}, p.source, p.line, i)
-            for i, p in enumerate(pairs) for r in (p.response_1, p.response_2)]
-    return Pairs(rows, np.array([p.strength for p in pairs], dtype=np.float64), None, [p.line for p in pairs],
-                 Counter(pairs.skipped))
+    rows, strengths = pair_rows(pairs)
+    return Pairs(rows, np.asarray(strengths, dtype=np.float64), None, [p.line for p in pairs], Counter(pairs.skipped))
 
 
 def read_helpsteer3(path: str, domains=None, languages=None, on_bad_row: str = "error") -> Pairs:

@@ -34,8 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_hs2.hf import mapping as hf
-from nemo_hs2.hf.tokenizer import (BYTE_LEVEL_SPECIALS, PAD_TOKEN, byte_level_tokenizer,  # noqa: F401
-                                   export_tokenizer)
+from nemo_hs2.hf.tokenizer import PAD_TOKEN, export_tokenizer
 from nemo_hs2.megatron.rotary import hf_rope_scaling, model_scaling
 
 HEADS = ("attributes", "reward")
