@@ -2,7 +2,9 @@
 # The prepared GPU check for a lent single-GPU machine (no apex, no Transformer Engine, no network there).
 # Here, first:   bash scripts/device_kit.sh          (builds .whl/, <= 60 MiB, with the benchmark rows)
 # Then one device `run` with carry [".whl"]:   bash benchmarks/gpu_check.sh
-# It prints one JSON block and one table (benchmarks/gpu_check.py); `--device cpu` runs the same stages here, tiny.
+# It prints one JSON block and one table (benchmarks/gpu_check.py): stages env, train, parity and packed (data.packing:
+# packed == unpacked on the GPU, THD too where Transformer Engine is importable; trimmed vs packed throughput);
+# `--device cpu` runs the same stages here, tiny; `--stages packed` runs one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then

@@ -6,8 +6,7 @@
 # requirements/cpu.lock). torch is .venv's (2.13.0, the CPU wheel on local disk; an unpinned torch pulls a CUDA
 # build), so both stacks run the same kernels; transformers and TRL are pinned, the rest is pip's resolution of
 # them (written to .venv-ecosystem/freeze.txt). Re-uses a complete build (stamp = hash of the pins).
-# scripts/trl_env.sh builds the same pins for benchmarks/peer_bt.py under ~/.cache; this one is the repo's own,
-# for the export's consumers.
+# Also the TRL side of benchmarks/peer_bt.py (the same job through TRL's RewardTrainer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PINS="transformers==5.25.0 trl==1.16.0 torch==2.13.0"

@@ -128,3 +128,12 @@ def test_register_resolvers_is_idempotent():
     register_resolvers()  # a second entry point in the same process must not fail
     cfg = OmegaConf.create({"a": "${multiply:3,4}", "b": "${int_div:7,2}"})
     assert (cfg.a, cfg.b) == (12, 3)
+
+
+def test_packing_under_pipeline_parallelism_needs_shape_exchange():
+    """A packed micro-batch has its own width; the stages pass it on only with variable widths."""
+    rule = {r.__name__: r for r in RULES}["pipeline_layers"]
+    cfg = edit(("+recipe=hs2_llama3_70b", CKPT), {"data.packing": True, "model.variable_micro_batch_widths": False})
+    assert any("needs model.variable_micro_batch_widths=true" in f.message for f in rule(cfg, layout_of(cfg)))
+    cfg = edit(("+recipe=hs2_llama3_70b", CKPT), {"data.packing": True})
+    assert rule(cfg, layout_of(cfg)) == []

@@ -63,6 +63,9 @@ def pipeline_layers(cfg, L: Layout) -> list[Finding]:
     found = []
     if pp >= 1 and layers % pp:
         found.append(error(f"model.num_layers ({layers}) must be divisible by pipeline_model_parallel_size ({pp})"))
+    if pp > 1 and get(get(cfg, "data"), "packing", False) and not get(cfg.model, "variable_micro_batch_widths", True):
+        # A packed micro-batch has its own width, which the stages can only pass on with a shape exchange.
+        found.append(error("data.packing=true under pipeline parallelism needs model.variable_micro_batch_widths=true"))
     if vp is None:
         return found
     if vp < 2 or pp < 2:
