@@ -18,6 +18,11 @@ pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection=
 want=$(echo "$PINS" | sha256sum | cut -d' ' -f1)
 DEST=${CLIENT_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/nemo_hs2/clients-${want:0:12}}
 STAMP="$DEST/.nemo_hs2-clients"
+# One build at a time: .ci/run starts this in the background while the tests run, and a test that needs it waits
+# here for that build, then re-uses it.
+mkdir -p "$(dirname "$DEST")"
+exec 9>"$DEST.lock"
+flock 9
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "client_env: re-using $DEST" >&2

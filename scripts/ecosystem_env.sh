@@ -13,6 +13,11 @@ PINS="transformers==5.25.0 trl==1.16.0 torch==2.13.0"
 want=$(echo "$PINS" | sha256sum | cut -d' ' -f1)
 DEST=${ECOSYSTEM_ENV:-$PWD/.venv-ecosystem}
 STAMP="$DEST/.nemo_hs2-ecosystem"
+# One build at a time: .ci/run starts this in the background while the tests run, and a test that needs it waits
+# here for that build, then re-uses it.
+mkdir -p "$(dirname "$DEST")"
+exec 9>"$DEST.lock"
+flock 9
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$DEST/bin/python" -c "import transformers, trl" 2>/dev/null
 then

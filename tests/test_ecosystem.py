@@ -1,10 +1,10 @@
 """Exports where users consume them: today's transformers (5.x) and TRL, against the pinned stack (4.48.3).
 
 scripts/ecosystem_env.sh builds .venv-ecosystem (transformers 5.25.0, TRL 1.16.0, .venv's torch 2.13.0) on demand
-and re-uses it after. Fresh exports of three kinds (tests/parallel/hf_export_parity.py): the demo RM (GPT-NeoX,
-NeMo's byte-level tokenizer, the default job's checkpoint), a Llama 3.2-shaped model (factor-32 RoPE, tied
-embeddings, ChatML, the head bias recorded rather than folded) and NeMo-Aligner's SentencePiece Nemotron RM
-(tests/hf/aligner_sentencepiece.py). tests/hf/ecosystem_check.py runs the same checks under both stacks: the chat
+and re-uses it after. Exports of three kinds (tests/hf/exports.py: made once a session, also checked against the
+.nemo by tests/test_hf_export.py): the demo RM (GPT-NeoX, NeMo's byte-level tokenizer, the default job's
+checkpoint), a Llama 3.2-shaped model (factor-32 RoPE, tied embeddings, ChatML, the head bias recorded rather than
+folded) and NeMo-Aligner's SentencePiece Nemotron RM (tests/hf/aligner_sentencepiece.py). tests/hf/ecosystem_check.py runs the same checks under both stacks: the chat
 template's ids, the plain padded call's scores, the model card's snippet; under the side stack also TRL's
 GRPOTrainer with the demo RM's reward export as ``reward_funcs`` (two CPU steps, a tiny policy) and TRL's
 RewardTrainer continuing to train it. Slow: ~6-10 min on the shared 2-core machine (the first run adds the build).
@@ -63,22 +63,16 @@ def _pairs():
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory, side_python):
     """(pinned results, side results, parity-worker results): every export checked under both stacks."""
+    from tests.hf import exports as made
     from tests.parallel.hf_export_parity import conversations
-    from tests.test_rewardbench import demo_checkpoint
 
     tmp = tmp_path_factory.mktemp("ecosystem")
-    demo = demo_checkpoint(tmp_path_factory)
-    _run([sys.executable, str(ROOT / "tests" / "hf" / "aligner_sentencepiece.py"), str(tmp / "sp_source")])
-    worker = {}
-    # one process per source: Megatron's global batch-size calculator is process-wide, and each .nemo has its own
-    for name, args in (("llama32", ["--family", "llama32", "--hf-chat", "llama32"]),
-                       ("demo", ["--nemo", f"demo={demo}"]),
-                       ("sp", ["--nemo", f"sp={tmp / 'sp_source' / 'aligner_sp.nemo'}", "--head-layout",
-                               "sp=aligner_9slot"])):
-        _run([sys.executable, str(ROOT / "tests" / "parallel" / "hf_export_parity.py"), "--out",
-              str(tmp / f"{name}.json"), "--tmp", str(tmp), *args])
-        worker.update(json.loads((tmp / f"{name}.json").read_text()))
-    exports = {f"{name}_{head}": str(tmp / name / f"hf_{head}") for name in ("demo", "llama32", "sp")
+    # the exports tests/test_hf_export.py checks against the .nemo (made once a session, by whichever runs first)
+    families, parity = made.families(tmp_path_factory)
+    demo, sp = made.demo(tmp_path_factory), made.aligner_sentencepiece(tmp_path_factory)
+    worker = {"llama32": parity["llama32"], "demo": demo[1], "sp": sp[1]}
+    where = {"llama32": families, "demo": demo[0], "sp": sp[0]}
+    exports = {f"{name}_{head}": str(where[name] / name / f"hf_{head}") for name in ("demo", "llama32", "sp")
                for head in ("attributes", "reward")}
     convs = [*conversations(), *[p["chosen"] for p in _pairs()]]
     spec = {"exports": exports, "conversations": convs}

@@ -8,7 +8,6 @@ gives them a random head with a nonzero bias, saves and reloads the RM .nemo, ex
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -20,13 +19,11 @@ from nemo_hs2.core.render import DEFAULT_SYSTEM, Renderer, steerlm_chat_template
 from nemo_hs2.hf import mapping as hf
 from nemo_hs2.hf import exporter as hf_export
 from nemo_hs2.hf import tokenizer as hf_tokenizer
-from tests.hf import tiny_models
+from tests.hf import exports, tiny_models
+from tests.hf.exports import FAMILIES, run as _run, worker as _worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "parallel", "hf_export_parity.py")
 TOL = 1e-4
-FAMILIES = ("llama3", "llama31", "llama32", "nemotron")
-SP_WRITER = os.path.join(ROOT, "tests", "hf", "aligner_sentencepiece.py")
 
 
 # ------------------------------------------------------------------------------------------------ fast
@@ -123,32 +120,9 @@ def test_exported_classifier_reads_back_as_its_family_with_the_score_as_head():
 
 
 # ------------------------------------------------------------------------------------------------ parity
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=ROOT)
-
-
-def _run(cmd, timeout=900):
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def _worker(tmp, out, args):
-    _run([sys.executable, WORKER, "--out", str(out), "--tmp", str(tmp), *args])
-    return json.loads(out.read_text())
-
-
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
-    from tests.test_rewardbench import demo_helpsteer2_file, rewardbench_test_rows
-
-    tmp = tmp_path_factory.mktemp("export")
-    (tmp / "rb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rewardbench_test_rows()))
-    demo_helpsteer2_file(tmp / "hs2.jsonl")
-    results = _worker(tmp, tmp / "parity.json", [*[a for f in FAMILIES for a in ("--family", f)],
-                                                  "--hf-chat", "llama31", "--hf-chat", "llama32",
-                                                  "--evaluate", "llama31", "--round-trip"])
-    return tmp, results
+    return exports.families(tmp_path_factory)  # shared with tests/test_ecosystem.py
 
 
 @pytest.mark.slow
@@ -207,13 +181,10 @@ def test_tp2_and_pp2_trained_sources_are_merged_on_export(parity):
 
 
 @pytest.mark.slow
-def test_demo_rm_exports_as_gpt_neox(parity, tmp_path_factory):
+def test_demo_rm_exports_as_gpt_neox(tmp_path_factory):
     """The default job's model (Megatron's classic GPT: LayerNorm, GELU, biases, RoPE; NeMo's byte-level tokenizer)
     is GPT-NeoX with sequential residuals: exported, scored by the stock class, and imported back."""
-    from tests.test_rewardbench import demo_checkpoint
-
-    tmp, _ = parity
-    r = _worker(tmp, tmp / "demo.json", ["--nemo", f"demo={demo_checkpoint(tmp_path_factory)}", "--round-trip"])["demo"]
+    _, r = exports.demo(tmp_path_factory)
     for head in hf_export.HEADS:
         print(f"demo {head}: reward {r[head]['reward_diff']:.2e} attributes {r[head].get('attr_diff')}")
         _check(r, head)
@@ -270,14 +241,11 @@ def test_round_trip_import_of_the_export_scores_the_same(parity, family):
 
 
 @pytest.mark.slow
-def test_nemo_aligner_sentencepiece_rm_exports_and_scores_as_the_nemo(tmp_path):
+def test_nemo_aligner_sentencepiece_rm_exports_and_scores_as_the_nemo(tmp_path_factory, tmp_path):
     """NVIDIA's kind of .nemo RM: NeMo-Aligner's own 9-slot regression model, Nemotron-4's architecture and
     SentencePiece tokenizer (tests/hf/aligner_sentencepiece.py), exported with head_layout=aligner_9slot."""
-    _run([sys.executable, SP_WRITER, str(tmp_path)])
-    nemo = tmp_path / "aligner_sp.nemo"
-    r = _worker(tmp_path, tmp_path / "sp.json", ["--nemo", f"sp={nemo}", "--head-layout", "sp=aligner_9slot",
-                                                  "--reference", f"sp={tmp_path / 'reference.json'}",
-                                                  "--round-trip"])["sp"]
+    source, r = exports.aligner_sentencepiece(tmp_path_factory)
+    nemo = source / "aligner_sp.nemo"
     assert r["tokenizer_library"] == "sentencepiece" and r["template"] == "steerlm"
     assert r["attribute_names"] == list(HELPSTEER2_ATTRIBUTES)  # slots 4-8, by name
     # our .nemo scoring reads what NeMo-Aligner's infer computes, on the same ids
@@ -299,8 +267,8 @@ def test_nemo_aligner_sentencepiece_rm_exports_and_scores_as_the_nemo(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    shards = sorted((tmp_path / "sp" / "hf_reward").glob("*.safetensors"))
+    shards = sorted((source / "sp" / "hf_reward").glob("*.safetensors"))
     mine = {k: v for f in shards for k, v in load_file(f).items()}
     theirs = load_file(str(cli / "model.safetensors"))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    assert (cli / "tokenizer.json").read_text() == (tmp_path / "sp" / "hf_reward" / "tokenizer.json").read_text()
+    assert (cli / "tokenizer.json").read_text() == (source / "sp" / "hf_reward" / "tokenizer.json").read_text()
