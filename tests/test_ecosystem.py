@@ -4,10 +4,11 @@ scripts/ecosystem_env.sh builds .venv-ecosystem (transformers 5.25.0, TRL 1.16.0
 and re-uses it after. Exports of three kinds (tests/hf/exports.py: made once a session, also checked against the
 .nemo by tests/test_hf_export.py): the demo RM (GPT-NeoX, NeMo's byte-level tokenizer, the default job's
 checkpoint), a Llama 3.2-shaped model (factor-32 RoPE, tied embeddings, ChatML, the head bias recorded rather than
-folded) and NeMo-Aligner's SentencePiece Nemotron RM (tests/hf/aligner_sentencepiece.py). tests/hf/ecosystem_check.py runs the same checks under both stacks: the chat
-template's ids, the plain padded call's scores, the model card's snippet; under the side stack also TRL's
-GRPOTrainer with the demo RM's reward export as ``reward_funcs`` (two CPU steps, a tiny policy) and TRL's
-RewardTrainer continuing to train it. Slow: ~6-10 min on the shared 2-core machine (the first run adds the build).
+folded) and NeMo-Aligner's SentencePiece Nemotron RM (tests/hf/aligner_sentencepiece.py).
+tests/hf/ecosystem_check.py runs the same checks under both stacks: the chat template's ids, the plain padded call's
+scores, the model card's snippet; under the side stack also TRL's GRPOTrainer with the demo RM's reward export as
+``reward_funcs`` (two CPU steps, a tiny policy) and TRL's RewardTrainer continuing to train it. Slow: ~3 min on a
+2-core machine, making the exports included (CI, 2026-12-07); the first run adds the build.
 """
 
 from __future__ import annotations
