@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.hf.exports import ENV, run as _run
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = str(ROOT / "tests" / "hf" / "ecosystem_check.py")
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
 TOL = 1e-4
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "Say hello in French.", "Count to three."]
 # Preference pairs for RewardTrainer (conversational: chosen / rejected, TRL's format)
@@ -33,13 +34,6 @@ PAIRS = [(q, good, bad) for q, good, bad in (("What is 2 + 2?", "4.", "5."), ("C
                                              ("Colour of the sky?", "Blue, on a clear day.", "Green."))]
 
 pytestmark = pytest.mark.slow
-
-
-def _run(cmd, timeout=1200, env=ENV):
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")

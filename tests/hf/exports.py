@@ -19,8 +19,8 @@ FAMILIES = ("llama3", "llama31", "llama32", "nemotron")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
 
 
-def run(cmd, timeout=1200):
-    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run(cmd, timeout=1200, env=ENV):
+    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{cmd} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -31,9 +31,14 @@ def worker(tmp: Path, out: Path, args) -> dict:
     return json.loads(out.read_text())
 
 
-def _cached(out: Path, make) -> dict:
+def _once(tmp: Path, name: str, args, prepare=lambda: None) -> dict:
+    """The worker's results for ``args`` in ``tmp``, run the first time only (written as .part, then renamed)."""
+    out = tmp / f"{name}.json"
     if not out.is_file():
-        make()
+        tmp.mkdir(exist_ok=True)
+        prepare()
+        worker(tmp, tmp / f"{name}.json.part", args)
+        (tmp / f"{name}.json.part").rename(out)
     return json.loads(out.read_text())
 
 
@@ -43,18 +48,14 @@ def families(tmp_path_factory) -> tuple[Path, dict]:
     from tests.test_rewardbench import demo_helpsteer2_file, rewardbench_test_rows
 
     tmp = tmp_path_factory.getbasetemp() / "hf_exports"
-    out = tmp / "parity.json"
 
-    def make():
-        tmp.mkdir(exist_ok=True)
+    def inputs():
         (tmp / "rb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rewardbench_test_rows()))
         demo_helpsteer2_file(tmp / "hs2.jsonl")
-        worker(tmp, tmp / "parity.json.part", [*[a for f in FAMILIES for a in ("--family", f)],
-                                               "--hf-chat", "llama31", "--hf-chat", "llama32",
-                                               "--evaluate", "llama31", "--round-trip"])
-        (tmp / "parity.json.part").rename(out)
 
-    return tmp, _cached(out, make)
+    args = [*[a for f in FAMILIES for a in ("--family", f)], "--hf-chat", "llama31", "--hf-chat", "llama32",
+            "--evaluate", "llama31", "--round-trip"]
+    return tmp, _once(tmp, "parity", args, inputs)
 
 
 def demo(tmp_path_factory) -> tuple[Path, dict]:
@@ -62,29 +63,13 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
     from tests.test_rewardbench import demo_checkpoint
 
     tmp = tmp_path_factory.getbasetemp() / "hf_exports"
-    out = tmp / "demo.json"
-
-    def make():
-        tmp.mkdir(exist_ok=True)
-        nemo = demo_checkpoint(tmp_path_factory)
-        worker(tmp, tmp / "demo.json.part", ["--nemo", f"demo={nemo}", "--round-trip"])
-        (tmp / "demo.json.part").rename(out)
-
-    return tmp, _cached(out, make)["demo"]
+    return tmp, _once(tmp, "demo", ["--nemo", f"demo={demo_checkpoint(tmp_path_factory)}", "--round-trip"])["demo"]
 
 
 def aligner_sentencepiece(tmp_path_factory) -> tuple[Path, dict]:
     """NeMo-Aligner's own 9-slot SentencePiece Nemotron RM (DIR/aligner_sp.nemo, its own scores in
     DIR/reference.json) exported with head_layout=aligner_9slot (DIR/sp/hf_<head>) and imported back."""
     tmp = tmp_path_factory.getbasetemp() / "hf_sentencepiece"
-    out = tmp / "sp.json"
-
-    def make():
-        tmp.mkdir(exist_ok=True)
-        run([sys.executable, SP_WRITER, tmp])
-        worker(tmp, tmp / "sp.json.part", ["--nemo", f"sp={tmp / 'aligner_sp.nemo'}", "--head-layout",
-                                           "sp=aligner_9slot", "--reference", f"sp={tmp / 'reference.json'}",
-                                           "--round-trip"])
-        (tmp / "sp.json.part").rename(out)
-
-    return tmp, _cached(out, make)["sp"]
+    args = ["--nemo", f"sp={tmp / 'aligner_sp.nemo'}", "--head-layout", "sp=aligner_9slot",
+            "--reference", f"sp={tmp / 'reference.json'}", "--round-trip"]
+    return tmp, _once(tmp, "sp", args, lambda: run([sys.executable, SP_WRITER, tmp]))["sp"]
